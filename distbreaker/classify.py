@@ -1,0 +1,216 @@
+"""Which errors say the upstream is unhealthy, which are worth retrying, which are rate limits.
+
+One place decides, for the breaker and for retries alike. The default ``classify`` knows
+httpx, requests, the docker SDK and the standard library without importing any of them
+eagerly; pass your own callable (returning a ``Verdict`` or a plain bool) to change it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# A rate limit that names no time: wait this long (GitHub documents "at least a minute").
+DEFAULT_RATE_LIMIT_WAIT = 60.0
+# Never hold a breaker open longer than this on an upstream's word alone.
+MAX_RATE_LIMIT_WAIT = 3600.0
+
+_NOT_OUTAGE_5XX = frozenset({501, 505})  # Not Implemented, HTTP Version Not Supported
+_LOCAL_OS_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    ChildProcessError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one error means.
+
+    ``counts``: an upstream failure for the breaker. ``retryable``: worth another attempt.
+    ``rate_limited``: the upstream is healthy but asks us to wait ``retry_after`` seconds.
+    """
+
+    counts: bool
+    retryable: bool
+    rate_limited: bool = False
+    retry_after: float | None = None
+
+
+FAILURE = Verdict(counts=True, retryable=True)
+IGNORED = Verdict(counts=False, retryable=False)
+
+Classifier = Callable[[BaseException], "Verdict | bool"]
+
+
+def as_verdict(value: Verdict | bool) -> Verdict:
+    """Accept a predicate's bool as well as a full ``Verdict``."""
+    if isinstance(value, Verdict):
+        return value
+    return FAILURE if value else IGNORED
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def rate_limit_wait(
+    status: int, headers: Mapping[str, str], body: str = "", now: float | None = None
+) -> float | None:
+    """If a response is a rate limit, the seconds to wait; otherwise ``None``.
+
+    Primary limits (``x-ratelimit-remaining: 0``) wait until ``x-ratelimit-reset``;
+    secondary limits honour ``retry-after`` or wait a minute.
+    """
+    if status not in (403, 429):
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    current = time.time() if now is None else now
+    retry_after = parse_retry_after(lowered.get("retry-after"), current)
+    if retry_after is not None:
+        return min(retry_after, MAX_RATE_LIMIT_WAIT)
+    if lowered.get("x-ratelimit-remaining", "").strip() == "0":
+        reset = lowered.get("x-ratelimit-reset", "").strip()
+        if reset.isdigit():
+            return min(max(0.0, float(reset) - current), MAX_RATE_LIMIT_WAIT)
+        return DEFAULT_RATE_LIMIT_WAIT
+    if status == 429 or "rate limit" in body.lower():
+        return DEFAULT_RATE_LIMIT_WAIT
+    return None
+
+
+def for_status(
+    status: int, headers: Mapping[str, str] | None = None, body: str = "", now: float | None = None
+) -> Verdict:
+    """The verdict for an HTTP response status (with headers for rate limits)."""
+    wait = rate_limit_wait(status, headers or {}, body, now)
+    if wait is not None:
+        return Verdict(counts=False, retryable=False, rate_limited=True, retry_after=wait)
+    if status >= 500 and status not in _NOT_OUTAGE_5XX:
+        retry_after = parse_retry_after((headers or {}).get("retry-after"), now)
+        return Verdict(counts=True, retryable=True, retry_after=retry_after)
+    return IGNORED
+
+
+def classify(exc: BaseException) -> Verdict:
+    """The default classifier (see the module docstring)."""
+    for check in (_httpx, _docker, _requests, _status_attribute):
+        verdict = check(exc)
+        if verdict is not None:
+            return verdict
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return FAILURE
+    if isinstance(exc, _LOCAL_OS_ERRORS):
+        return IGNORED
+    if isinstance(exc, OSError):
+        return FAILURE if exc.errno not in (errno.ENOENT, errno.EACCES) else IGNORED
+    return IGNORED
+
+
+def is_failure(exc: BaseException) -> bool:
+    """The default predicate: does this error count against the upstream's health?"""
+    return classify(exc).counts
+
+
+def _headers_of(response: Any) -> dict[str, str]:
+    headers = getattr(response, "headers", None) or {}
+    try:
+        return {str(k): str(v) for k, v in headers.items()}
+    except AttributeError:
+        return {}
+
+
+def _body_of(response: Any) -> str:
+    try:
+        text = response.text
+    except Exception:  # a streamed or closed body: nothing to read
+        return ""
+    return text[:2000] if isinstance(text, str) else ""
+
+
+def _httpx(exc: BaseException) -> Verdict | None:
+    httpx = sys.modules.get("httpx")
+    if httpx is None:
+        return None
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        return for_status(response.status_code, _headers_of(response), _body_of(response))
+    if isinstance(exc, httpx.PoolTimeout):
+        return IGNORED  # our own connection pool is full: the upstream is not to blame
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return IGNORED  # a bad URL or a request we built wrong
+    if isinstance(exc, httpx.TransportError):
+        return FAILURE
+    if isinstance(exc, httpx.InvalidURL):
+        return IGNORED
+    return None
+
+
+def _docker(exc: BaseException) -> Verdict | None:
+    errors = sys.modules.get("docker.errors")
+    if errors is None:
+        return None
+    if isinstance(exc, errors.APIError):
+        explanation = str(getattr(exc, "explanation", "") or exc)
+        if "toomanyrequests" in explanation.lower():
+            return Verdict(
+                counts=False, retryable=False, rate_limited=True, retry_after=DEFAULT_RATE_LIMIT_WAIT
+            )
+        status = exc.status_code
+        if status is None:
+            return FAILURE
+        return for_status(int(status), _headers_of(exc.response))
+    if type(exc) is errors.DockerException:
+        return FAILURE  # from_env() could not reach the daemon
+    return None
+
+
+def _requests(exc: BaseException) -> Verdict | None:
+    requests_errors = sys.modules.get("requests.exceptions")
+    if requests_errors is None:
+        return None
+    if isinstance(exc, ValueError) and isinstance(exc, requests_errors.RequestException):
+        return IGNORED  # InvalidURL, MissingSchema, InvalidHeader …: our input
+    if isinstance(exc, requests_errors.HTTPError):
+        response = exc.response
+        if response is None:
+            return FAILURE
+        return for_status(response.status_code, _headers_of(response), _body_of(response))
+    if isinstance(exc, requests_errors.ConnectionError | requests_errors.Timeout):
+        return FAILURE
+    if isinstance(exc, requests_errors.RequestException):
+        return IGNORED
+    return None
+
+
+def _status_attribute(exc: BaseException) -> Verdict | None:
+    """Errors of other clients that carry ``status_code`` (and maybe ``headers``)."""
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or isinstance(status, bool):
+        return None
+    headers = getattr(exc, "headers", None)
+    mapping = dict(headers) if isinstance(headers, Mapping) else {}
+    return for_status(status, mapping)

@@ -1,0 +1,59 @@
+"""Every error distbreaker raises.
+
+    DistbreakerError
+    ├── CircuitOpenError        the breaker refused the call (name, state, retry_after)
+    ├── StoreUnavailableError   Redis did not answer and on_store_error="raise"
+    ├── TokenUnavailableError   no GitHub App token: the API is down and no cached token is valid
+    └── ImageUnavailableError   no registry and no local copy of a Docker image
+
+Bad input (names, configuration, URLs, image references) is a ``ValueError`` (pydantic's
+``ValidationError`` for configuration), raised before any I/O.
+"""
+
+from __future__ import annotations
+
+
+class DistbreakerError(Exception):
+    """Base class of every error raised by distbreaker."""
+
+
+class CircuitOpenError(DistbreakerError):
+    """The breaker refused the call without touching the upstream."""
+
+    def __init__(self, name: str, state: str, retry_after: float | None = None) -> None:
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+        when = "" if retry_after is None else f"; retry in {retry_after:.3f}s"
+        super().__init__(f"circuit {name!r} is {state}{when}")
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, str, float | None]]:
+        return (type(self), (self.name, self.state, self.retry_after))
+
+
+class StoreUnavailableError(DistbreakerError):
+    """Redis could not be reached and the breaker is configured to raise."""
+
+    def __init__(self, name: str, cause: str) -> None:
+        self.name = name
+        self.cause = cause
+        super().__init__(f"breaker store for {name!r} is unavailable: {cause}")
+
+    def __reduce__(self) -> tuple[type[StoreUnavailableError], tuple[str, str]]:
+        return (type(self), (self.name, self.cause))
+
+
+class TokenUnavailableError(DistbreakerError):
+    """No usable GitHub App token: minting failed and no cached token is still valid."""
+
+
+class ImageUnavailableError(DistbreakerError):
+    """A Docker image is neither pullable from its registry nor present locally."""
+
+    def __init__(self, image: str, cause: str) -> None:
+        self.image = image
+        self.cause = cause
+        super().__init__(f"image {image!r} is unavailable: {cause}")
+
+    def __reduce__(self) -> tuple[type[ImageUnavailableError], tuple[str, str]]:
+        return (type(self), (self.image, self.cause))
