@@ -26,7 +26,8 @@ from distbreaker.classify import DEFAULT_RATE_LIMIT_WAIT, Classifier, Verdict, a
 from distbreaker.config import BreakerConfig, validate_name
 from distbreaker.core import Admission, BreakerModel, Change, Command, Event, Outcome, Snapshot
 from distbreaker.errors import CircuitOpenError, StoreUnavailableError
-from distbreaker.store import STORE_ERRORS, AsyncStore, SyncStore
+from distbreaker.events import subscribe, subscribe_async
+from distbreaker.store import STORE_ERRORS, AsyncStore, SyncStore, events_channel
 
 logger = logging.getLogger("distbreaker")
 
@@ -200,6 +201,7 @@ class _BreakerBase:
         self.config = config or BreakerConfig()
         self._clock = clock
         self._classifier: Classifier = classifier or classify
+        self._channel = events_channel(self.config.key_prefix)
         self._init_process_state()
 
     def _init_process_state(self) -> None:
@@ -210,12 +212,22 @@ class _BreakerBase:
         self._guard = StoreGuard()
         self._cache = LocalCache(self.config.cache_ttl)
         self._shadow = BreakerModel(self.name, self.config, on_event=self._shadow_event)
+        self._subscribed = False
 
     def _forked(self) -> bool:
         if os.getpid() == self._pid:
             return False
         self._init_process_state()
         return True
+
+    def _on_event(self, event: Event) -> None:
+        """A transition published by any worker: refresh the local cache at once."""
+        self._cache.from_event(
+            event.to_state, event.generation, event.at_ms, event.open_until_ms, self._local_now()
+        )
+
+    def _invalidate_cache(self) -> None:
+        self._cache.invalidate()
 
     def _shadow_event(self, event: Event) -> None:
         logger.warning(
@@ -346,6 +358,9 @@ class Breaker(_BreakerBase):
         """Run ``operation`` through the breaker; ``fallback()`` when refused or failed."""
         if self._forked():
             self._store = SyncStore(self.redis, self.name, self.config)
+        if not self._subscribed and self.config.consistency == "cached":
+            self._subscribed = True
+            subscribe(self.redis, self._channel, self.name, self._on_event)
         ticket = self._admit()
         if isinstance(ticket, CircuitOpenError):
             self._report(None, "refused", None)
@@ -503,6 +518,9 @@ class AsyncBreaker(_BreakerBase):
         """Await ``operation()`` through the breaker; ``fallback()`` when refused or failed."""
         if self._forked():
             self._store = AsyncStore(self.redis, self.name, self.config)
+        if not self._subscribed and self.config.consistency == "cached":
+            self._subscribed = True
+            subscribe_async(self.redis, self._channel, self.name, self._on_event)
         ticket = await self._admit()
         if isinstance(ticket, CircuitOpenError):
             self._report(None, "refused", None)

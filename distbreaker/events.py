@@ -1,0 +1,216 @@
+"""Transition events: parsing, and the per-process subscriber that keeps local caches fresh.
+
+One subscriber per process, Redis client and channel, shared by all breakers using them.
+It reconnects by itself; while it is disconnected the caches fall back to their bounded
+staleness (``cache_ttl``), so nothing ever blocks a call on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from distbreaker.core import STATES, Event
+
+logger = logging.getLogger("distbreaker")
+
+Listener = Callable[[Event], None]
+
+
+def parse_event(data: bytes | str) -> Event | None:
+    """An ``Event`` from a channel message, or ``None`` if it is not one of ours."""
+    try:
+        raw = json.loads(data)
+        event = Event(
+            name=str(raw["name"]),
+            from_state=raw["from"],
+            to_state=raw["to"],
+            generation=int(raw["generation"]),
+            at_ms=int(raw["at"]),
+            reason=str(raw.get("reason", "")),
+            open_until_ms=int(raw.get("open_until", 0)),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+    if event.to_state not in STATES or event.from_state not in STATES:
+        return None
+    return event
+
+
+class _Listeners:
+    """Weakly held callbacks per breaker name, so a dropped breaker unsubscribes itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, list[weakref.WeakMethod[Listener]]] = {}
+
+    def add(self, name: str, method: Listener) -> None:
+        with self._lock:
+            self._by_name.setdefault(name, []).append(weakref.WeakMethod(method))
+
+    def dispatch(self, event: Event) -> None:
+        with self._lock:
+            refs = list(self._by_name.get(event.name, ()))
+        for ref in refs:
+            callback = ref()
+            if callback is not None:
+                callback(event)
+
+    def all(self) -> list[Listener]:
+        with self._lock:
+            refs = [ref for group in self._by_name.values() for ref in group]
+        return [cb for cb in (ref() for ref in refs) if cb is not None]
+
+
+class _Reconnect:
+    """Back-off between reconnection attempts: 0.1 s doubling to 5 s."""
+
+    def __init__(self) -> None:
+        self.delay = 0.1
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, 5.0)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = 0.1
+
+
+class Subscriber:
+    """A daemon thread listening to the events channel on a sync Redis client."""
+
+    def __init__(self, client: Any, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        self.listeners = _Listeners()
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._on_reconnect: list[Callable[[], None]] = []
+        self._thread = threading.Thread(
+            target=self._run, name=f"distbreaker-events:{channel}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        backoff = _Reconnect()
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                self._connected()
+                backoff.reset()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message and message.get("type") == "message":
+                        self._deliver(message["data"])
+            except Exception as error:  # any failure: drop the connection, retry later
+                self.connected.clear()
+                logger.debug("events subscriber on %s lost: %s", self.channel, error)
+                self._stop.wait(backoff.next())
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+
+    def _connected(self) -> None:
+        # Messages sent while we were away are lost: make every cache re-ask the scripts.
+        self.connected.set()
+        for listener in self.listeners.all():
+            owner = getattr(listener, "__self__", None)
+            invalidate = getattr(owner, "_invalidate_cache", None)
+            if invalidate is not None:
+                invalidate()
+
+    def _deliver(self, data: bytes | str) -> None:
+        event = parse_event(data)
+        if event is not None:
+            self.listeners.dispatch(event)
+
+
+class AsyncSubscriber:
+    """The asyncio twin: a task on the running loop over a ``redis.asyncio`` client."""
+
+    def __init__(self, client: Any, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        self.listeners = _Listeners()
+        self.connected = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        backoff = _Reconnect()
+        while True:
+            pubsub = None
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.channel)
+                self.connected.set()
+                for listener in self.listeners.all():
+                    owner = getattr(listener, "__self__", None)
+                    invalidate = getattr(owner, "_invalidate_cache", None)
+                    if invalidate is not None:
+                        invalidate()
+                backoff.reset()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        event = parse_event(message["data"])
+                        if event is not None:
+                            self.listeners.dispatch(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.connected.clear()
+                logger.debug("events subscriber on %s lost: %s", self.channel, error)
+                await asyncio.sleep(backoff.next())
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+
+
+_registry_lock = threading.Lock()
+_sync_registry: dict[tuple[int, int, str], Subscriber] = {}
+_async_registry: dict[tuple[int, int, int, str], AsyncSubscriber] = {}
+
+
+def subscribe(client: Any, channel: str, name: str, listener: Listener) -> Subscriber:
+    """Register ``listener`` for events of breaker ``name``; start the subscriber if needed."""
+    key = (os.getpid(), id(client), channel)
+    with _registry_lock:
+        subscriber = _sync_registry.get(key)
+        if subscriber is None:
+            subscriber = Subscriber(client, channel)
+            _sync_registry[key] = subscriber
+    subscriber.listeners.add(name, listener)
+    return subscriber
+
+
+def subscribe_async(client: Any, channel: str, name: str, listener: Listener) -> AsyncSubscriber:
+    """The asyncio twin of :func:`subscribe`; call it from inside the running loop."""
+    loop = asyncio.get_running_loop()
+    key = (os.getpid(), id(loop), id(client), channel)
+    with _registry_lock:
+        subscriber = _async_registry.get(key)
+        if subscriber is None or subscriber._task.done():
+            subscriber = AsyncSubscriber(client, channel)
+            _async_registry[key] = subscriber
+    subscriber.listeners.add(name, listener)
+    return subscriber
