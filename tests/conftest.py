@@ -1,0 +1,89 @@
+"""Shared fixtures. ``redis_url`` and ``breaker_factory`` come from the distbreaker plugin."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+import distbreaker
+from distbreaker import AsyncBreaker, Breaker, BreakerConfig
+
+
+class FakeClock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.integration)])
+def client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The same suite on fakeredis (with lupa) and on the real redis-server."""
+    if request.param == "fakeredis":
+        yield fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return
+    url = request.getfixturevalue("redis_url")
+    real = distbreaker.connect(url, timeout=2.0)
+    yield real
+    real.close()
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.integration)])
+async def async_client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "fakeredis":
+        yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return
+    url = request.getfixturevalue("redis_url")
+    real = distbreaker.connect_async(url, timeout=2.0)
+    yield real
+    await real.aclose()
+
+
+@pytest.fixture
+def make_breaker(client: Any, clock: FakeClock, prefix: str) -> Callable[..., Breaker]:
+    def build(name: str = "upstream", **settings: Any) -> Breaker:
+        settings.setdefault("key_prefix", prefix)
+        return Breaker(name, client, BreakerConfig(**settings), clock=clock)
+
+    return build
+
+
+@pytest.fixture
+def make_async_breaker(
+    async_client: Any, clock: FakeClock, prefix: str
+) -> Callable[..., AsyncBreaker]:
+    def build(name: str = "upstream", **settings: Any) -> AsyncBreaker:
+        settings.setdefault("key_prefix", prefix)
+        return AsyncBreaker(name, async_client, BreakerConfig(**settings), clock=clock)
+
+    return build
+
+
+def raise_connection_error() -> Any:
+    raise ConnectionError("upstream down")
+
+
+def unreachable_redis() -> redis.Redis:
+    """A client whose server does not exist: every command fails fast."""
+    return distbreaker.connect("redis://127.0.0.1:1/0", timeout=0.2)
