@@ -1,0 +1,41 @@
+# Every target builds the local venv first; nothing outside .venv is installed by pip.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test unit lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Several worker processes share one breaker against a flaky local upstream.
+demo: $(STAMP)
+	$(BIN)/distbreaker demo
+
+## The full suite. Real Redis: $$DISTBREAKER_TEST_REDIS_URL, else a private redis-server.
+test: $(STAMP)
+	.ci/ensure-system-packages
+	$(BIN)/python -m pytest -p no:cacheprovider --cov=distbreaker --cov-report=term $(PYTEST_ARGS)
+
+## Fast tests only: no server, no Docker.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check distbreaker tests benchmarks
+	$(BIN)/ruff format --check distbreaker tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	.ci/ensure-system-packages
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,97 @@
+"""The Redis layout after a trip is exactly what the README's redis-cli section shows.
+
+Run ``python -m tests.integration.test_layout URL`` to print the transcript for the README.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import distbreaker
+from distbreaker import Breaker, BreakerConfig
+
+pytestmark = pytest.mark.integration
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+DB = 9  # a database of its own, so the default "distbreaker" prefix collides with nothing
+NOW = 1_790_000_000.0
+KEYS = ("distbreaker:{github}:state", "distbreaker:{github}:failures",
+        "distbreaker:{github}:probes")
+
+
+def _cli(url: str) -> list[str]:
+    parsed = urlparse(url)
+    return ["redis-cli", "-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379),
+            "-n", str(DB), "--no-raw"]
+
+
+def transcript(url: str) -> str:
+    """Trip the breaker ``github`` with a fixed clock and show what redis-cli prints."""
+    cli = _cli(url)
+    client = distbreaker.connect(url.rsplit("/", 1)[0] + f"/{DB}", timeout=2.0)
+    client.delete(*KEYS)
+    subscriber = subprocess.Popen(  # noqa: S603 - argument list, no shell
+        [*cli, "subscribe", "distbreaker:events"], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(0.3)  # let redis-cli subscribe before the trip
+    breaker = Breaker("github", client, BreakerConfig(), clock=lambda: NOW)
+    breaker._worker_id = "web-1:4242:9f3a"  # stable members for the README
+
+    def timeout() -> None:
+        raise TimeoutError("GitHub did not answer")
+
+    for _ in range(5):
+        breaker.execute(timeout, fallback=lambda: None)
+    time.sleep(0.3)
+    subscriber.terminate()
+    events, _ = subscriber.communicate(timeout=5)
+
+    def run(*args: str) -> str:
+        shown = " ".join(f"'{a}'" if "{" in a else a for a in args)
+        output = subprocess.run(  # noqa: S603
+            [*cli, *args], capture_output=True, text=True, check=True
+        ).stdout
+        if args[0] == "--scan":
+            output = "".join(sorted(output.splitlines(keepends=True)))
+        return f"$ redis-cli {shown}\n{output}"
+
+    parts = [
+        run("--scan", "--pattern", "distbreaker:{github}:*"),
+        run("hgetall", "distbreaker:{github}:state"),
+        run("zrange", "distbreaker:{github}:failures", "0", "-1", "withscores"),
+        run("ttl", "distbreaker:{github}:state"),
+        "$ redis-cli subscribe distbreaker:events\n" + events,
+    ]
+    client.delete(*KEYS)
+    client.close()
+    return "".join(parts)
+
+
+def readme_block() -> str:
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- redis-cli:begin -->\n```\n(.*?)```\n<!-- redis-cli:end -->",
+                      text, re.S)
+    assert found, "README lacks the redis-cli transcript block"
+    return found.group(1)
+
+
+def test_layout_matches_readme(redis_url: str) -> None:
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not installed")
+    actual = transcript(redis_url)
+    assert actual == readme_block()
+    # and the facts it shows, independently of the README
+    assert "(integer) 420" in actual  # 3 x max(window, reset, probe) + time left open
+    assert '"state"\n 2) "open"' in actual
+
+
+if __name__ == "__main__":
+    sys.stdout.write(transcript(sys.argv[1]))
