@@ -6,6 +6,7 @@ Redis. No lock is ever held around the user's call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -152,8 +153,9 @@ class LocalCache:
         wait = max(0, change.open_until_ms - change.now_ms) / 1000
         self._set(change.state, change.generation, now + wait, now)
 
-    def from_event(self, to_state: str, generation: int, at_ms: int, open_until_ms: int,
-                   now: float) -> None:
+    def from_event(
+        self, to_state: str, generation: int, at_ms: int, open_until_ms: int, now: float
+    ) -> None:
         wait = max(0, open_until_ms - at_ms) / 1000 if to_state == "open" else 0.0
         self._set(to_state, generation, now + wait, now)
 
@@ -232,7 +234,10 @@ class _BreakerBase:
     def _shadow_event(self, event: Event) -> None:
         logger.warning(
             "breaker %r (local, Redis unreachable): %s -> %s (%s)",
-            self.name, event.from_state, event.to_state, event.reason,
+            self.name,
+            event.from_state,
+            event.to_state,
+            event.reason,
         )
         hooks.emit("on_transition", event)
 
@@ -276,7 +281,10 @@ class _BreakerBase:
         if self._guard.failed(self._local_now()):
             logger.warning(
                 "breaker %r: Redis unreachable (%s: %s); on_store_error=%s until it answers",
-                self.name, type(error).__name__, error, self.config.on_store_error,
+                self.name,
+                type(error).__name__,
+                error,
+                self.config.on_store_error,
             )
 
     def _store_up(self) -> None:
@@ -455,7 +463,9 @@ class Breaker(_BreakerBase):
         except STORE_ERRORS as error:
             self._store_down(error)
             if self.config.on_store_error == "raise":
-                raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+                raise StoreUnavailableError(
+                    self.name, f"{type(error).__name__}: {error}"
+                ) from error
             return status_from_snapshot(self.name, self._shadow.snapshot(self._wall_ms()), False)
         self._store_up()
         return status_from_snapshot(self.name, snapshot, True)
@@ -477,10 +487,8 @@ class Breaker(_BreakerBase):
         self._control("hold_open", self._hold_ms(seconds), reason)
 
     def _hold(self, seconds: float, reason: str) -> None:
-        try:
+        with contextlib.suppress(StoreUnavailableError):  # the local shadow has it already
             self.hold_open(seconds, reason)
-        except StoreUnavailableError:
-            pass  # applied to the local shadow already
 
     def _control(self, command: Command, hold_ms: int = 0, reason: str = "") -> None:
         self._forked()
@@ -613,7 +621,9 @@ class AsyncBreaker(_BreakerBase):
         except STORE_ERRORS as error:
             self._store_down(error)
             if self.config.on_store_error == "raise":
-                raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+                raise StoreUnavailableError(
+                    self.name, f"{type(error).__name__}: {error}"
+                ) from error
             return status_from_snapshot(self.name, self._shadow.snapshot(self._wall_ms()), False)
         self._store_up()
         return status_from_snapshot(self.name, snapshot, True)
@@ -635,10 +645,8 @@ class AsyncBreaker(_BreakerBase):
         await self._control("hold_open", self._hold_ms(seconds), reason)
 
     async def _hold(self, seconds: float, reason: str) -> None:
-        try:
+        with contextlib.suppress(StoreUnavailableError):  # the local shadow has it already
             await self.hold_open(seconds, reason)
-        except StoreUnavailableError:
-            pass  # applied to the local shadow already
 
     async def _control(self, command: Command, hold_ms: int = 0, reason: str = "") -> None:
         self._forked()

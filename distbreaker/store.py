@@ -11,7 +11,7 @@ import functools
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import redis
 import redis.asyncio
@@ -80,7 +80,7 @@ def _state(value: Any) -> State:
     text = _text(value)
     if text not in STATES:
         raise redis.ResponseError(f"distbreaker: unexpected state {text!r} in reply")
-    return cast(State, text)
+    return text
 
 
 def parse_admission(reply: Sequence[Any]) -> Admission:
@@ -130,9 +130,7 @@ class SyncStore(_StoreBase):
     def admit(self, now_ms: int | None, call_id: str) -> Admission:
         return parse_admission(self._scripts["admit"](self.keys, self._args(now_ms, call_id)))
 
-    def record(
-        self, now_ms: int | None, call_id: str, generation: int, outcome: Outcome
-    ) -> Change:
+    def record(self, now_ms: int | None, call_id: str, generation: int, outcome: Outcome) -> Change:
         args = self._args(now_ms, call_id, str(generation), outcome)
         return parse_change(self._scripts["record"](self.keys, args))
 

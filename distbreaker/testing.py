@@ -49,8 +49,19 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--protected-mode", "no"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
         self.process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -110,8 +121,9 @@ def breaker_factory(redis_url: str) -> Iterator[Callable[..., Breaker]]:
     client = connect(redis_url, timeout=2.0)
     prefixes: list[str] = []
 
-    def build(name: str | None = None, config: BreakerConfig | None = None,
-              **kwargs: Any) -> Breaker:
+    def build(
+        name: str | None = None, config: BreakerConfig | None = None, **kwargs: Any
+    ) -> Breaker:
         settings = dict((config or BreakerConfig()).model_dump())
         prefix = f"test-{uuid.uuid4().hex[:10]}"
         settings["key_prefix"] = prefix

@@ -55,7 +55,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
 
-    def _answer(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _answer(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -74,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.close()
         self.connection.close()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Silent: the demo prints its own lines."""
 
 
@@ -140,8 +142,10 @@ class FlakyUpstream:
         self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1},
-            name=f"flaky-upstream-{self.port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"flaky-upstream-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self

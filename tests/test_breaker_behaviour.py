@@ -44,7 +44,11 @@ def test_trips_after_threshold_and_refuses_without_calling(
     assert upstream.calls == 3
     status = breaker.status()
     assert (status.state, status.failure_count, status.generation, status.healthy) == (
-        "open", 3, 1, False)
+        "open",
+        3,
+        1,
+        False,
+    )
 
 
 def test_refusal_without_fallback_raises_with_retry_after(
@@ -81,8 +85,9 @@ def test_probe_failure_reopens(make_breaker: Callable[..., Breaker], clock: Fake
     assert (status.state, status.generation, status.time_until_reset) == ("open", 3, 5.0)
 
 
-def test_success_in_closed_writes_nothing(make_breaker: Callable[..., Breaker], client: Any,
-                                          prefix: str) -> None:
+def test_success_in_closed_writes_nothing(
+    make_breaker: Callable[..., Breaker], client: Any, prefix: str
+) -> None:
     breaker = make_breaker(consistency="strict")
     for _ in range(10):
         assert breaker.execute(lambda: 1) == 1
@@ -90,7 +95,7 @@ def test_success_in_closed_writes_nothing(make_breaker: Callable[..., Breaker], 
 
 
 def test_errors_that_do_not_count_propagate_and_leave_state(
-    make_breaker: Callable[..., Breaker]
+    make_breaker: Callable[..., Breaker],
 ) -> None:
     breaker = make_breaker(failure_threshold=1)
 
@@ -103,10 +108,16 @@ def test_errors_that_do_not_count_propagate_and_leave_state(
     assert breaker.status().failure_count == 0
 
 
-def test_custom_predicate_decides(make_breaker: Callable[..., Breaker], client: Any,
-                                  clock: FakeClock, prefix: str) -> None:
-    breaker = Breaker("pred", client, BreakerConfig(failure_threshold=1, key_prefix=prefix),
-                      clock=clock, classifier=lambda error: isinstance(error, KeyError))
+def test_custom_predicate_decides(
+    make_breaker: Callable[..., Breaker], client: Any, clock: FakeClock, prefix: str
+) -> None:
+    breaker = Breaker(
+        "pred",
+        client,
+        BreakerConfig(failure_threshold=1, key_prefix=prefix),
+        clock=clock,
+        classifier=lambda error: isinstance(error, KeyError),
+    )
 
     def missing() -> None:
         raise KeyError("x")
@@ -135,8 +146,13 @@ def test_slow_call_counts_as_failure_but_returns(
 def test_rate_limit_holds_open_fleet_wide_and_is_not_a_failure(
     make_breaker: Callable[..., Breaker], client: Any, clock: FakeClock, prefix: str
 ) -> None:
-    breaker = Breaker("limited", client, BreakerConfig(key_prefix=prefix), clock=clock,
-                      classifier=lambda e: Verdict(False, False, rate_limited=True, retry_after=90))
+    breaker = Breaker(
+        "limited",
+        client,
+        BreakerConfig(key_prefix=prefix),
+        clock=clock,
+        classifier=lambda e: Verdict(False, False, rate_limited=True, retry_after=90),
+    )
     other_worker = Breaker("limited", client, BreakerConfig(key_prefix=prefix), clock=clock)
 
     def limited() -> None:
@@ -177,8 +193,9 @@ def test_hold_open_then_probe(make_breaker: Callable[..., Breaker], clock: FakeC
         breaker.hold_open(-1)
 
 
-def test_one_event_per_transition(make_breaker: Callable[..., Breaker], client: Any,
-                                  clock: FakeClock, prefix: str) -> None:
+def test_one_event_per_transition(
+    make_breaker: Callable[..., Breaker], client: Any, clock: FakeClock, prefix: str
+) -> None:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{prefix}:events")
     breaker = make_breaker(failure_threshold=2, reset_timeout=5)
@@ -194,7 +211,10 @@ def test_one_event_per_transition(make_breaker: Callable[..., Breaker], client: 
             break
     pubsub.close()
     assert [(e["from"], e["to"], e["generation"]) for e in events] == [
-        ("closed", "open", 1), ("open", "half_open", 2), ("half_open", "closed", 3)]
+        ("closed", "open", 1),
+        ("open", "half_open", 2),
+        ("half_open", "closed", 3),
+    ]
     assert set(events[0]) >= {"name", "from", "to", "generation", "at", "reason"}
     assert events[0]["at"] == int(clock.now * 1000) - 5000
 

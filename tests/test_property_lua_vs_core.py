@@ -28,12 +28,24 @@ configs = st.builds(
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("admit")),
-        st.tuples(st.just("record"), st.integers(0, 50), st.sampled_from(
-            ["failure", "failure", "success", "success", "release"]), st.booleans()),
-        st.tuples(st.just("advance"), st.one_of(
-            st.sampled_from([0, 1, 500, 1_000, 2_000, 2_500, 3_000, 5_000]), st.integers(-200, 4_000))),
-        st.tuples(st.just("control"), st.sampled_from(
-            ["force_open", "force_closed", "reset", "hold_open"]), st.integers(0, 5_000)),
+        st.tuples(
+            st.just("record"),
+            st.integers(0, 50),
+            st.sampled_from(["failure", "failure", "success", "success", "release"]),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("advance"),
+            st.one_of(
+                st.sampled_from([0, 1, 500, 1_000, 2_000, 2_500, 3_000, 5_000]),
+                st.integers(-200, 4_000),
+            ),
+        ),
+        st.tuples(
+            st.just("control"),
+            st.sampled_from(["force_open", "force_closed", "reset", "hold_open"]),
+            st.integers(0, 5_000),
+        ),
         st.tuples(st.just("status")),
     ),
     max_size=60,
@@ -77,8 +89,9 @@ def run_both(client: Any, config: BreakerConfig, sequence: list[tuple[Any, ...]]
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs, sequence=steps)
-def test_lua_on_fakeredis_agrees_with_core(config: BreakerConfig,
-                                           sequence: list[tuple[Any, ...]]) -> None:
+def test_lua_on_fakeredis_agrees_with_core(
+    config: BreakerConfig, sequence: list[tuple[Any, ...]]
+) -> None:
     run_both(fakeredis.FakeRedis(), config, sequence)
 
 

@@ -52,8 +52,13 @@ def drain_events(pubsub: Any) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("consistency", ["strict", "cached"])
 def test_eight_processes_trip_once_and_probe_once(redis_url: str, consistency: str) -> None:
     prefix = f"mp-{uuid.uuid4().hex[:10]}"
-    settings = {"failure_threshold": THRESHOLD, "reset_timeout": 1.5, "key_prefix": prefix,
-                "consistency": consistency, "half_open_max_calls": 1}
+    settings = {
+        "failure_threshold": THRESHOLD,
+        "reset_timeout": 1.5,
+        "key_prefix": prefix,
+        "consistency": consistency,
+        "half_open_max_calls": 1,
+    }
     client = distbreaker.connect(redis_url, timeout=2.0)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{prefix}:events")
@@ -64,8 +69,10 @@ def test_eight_processes_trip_once_and_probe_once(redis_url: str, consistency: s
     status = observer.status()
     events = drain_events(pubsub)
     overshoot = total - THRESHOLD
-    print(f"\n[{consistency}] calls per process {calls}: total {total}, "
-          f"overshoot {overshoot} (bound {PROCESSES - 1})")
+    print(
+        f"\n[{consistency}] calls per process {calls}: total {total}, "
+        f"overshoot {overshoot} (bound {PROCESSES - 1})"
+    )
     assert [(e["from"], e["to"]) for e in events] == [("closed", "open")]
     assert status.failures_total == total  # every failure reached Redis exactly once
     assert THRESHOLD <= total <= THRESHOLD + PROCESSES - 1
@@ -76,7 +83,10 @@ def test_eight_processes_trip_once_and_probe_once(redis_url: str, consistency: s
     assert sum(ran) == 1
     assert observer.status().state == "closed"
     events = drain_events(pubsub)
-    assert [(e["from"], e["to"]) for e in events] == [("open", "half_open"), ("half_open", "closed")]
+    assert [(e["from"], e["to"]) for e in events] == [
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
     pubsub.close()
     for key in client.scan_iter(match=f"{prefix}:*"):
         client.delete(key)

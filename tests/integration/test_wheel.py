@@ -31,17 +31,18 @@ b.reset()
 """
 
 
-def test_wheel_contains_lua_and_works_outside_the_checkout(
-    redis_url: str, tmp_path: Path
-) -> None:
+def test_wheel_contains_lua_and_works_outside_the_checkout(redis_url: str, tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     wheel = next(dist.glob("distbreaker-*.whl"))
-    listing = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "zipfile", "-l", str(wheel)], check=True, capture_output=True,
+    listing = subprocess.run(
+        [sys.executable, "-m", "zipfile", "-l", str(wheel)],
+        check=True,
+        capture_output=True,
         text=True,
     ).stdout
     for name in ("admit", "record", "control", "status", "_lib"):
@@ -49,18 +50,23 @@ def test_wheel_contains_lua_and_works_outside_the_checkout(
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run(  # noqa: S603
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     # core dependencies come from the test's own environment, read-only
-    site = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", "import redis, pydantic, os; "
-         "print(os.path.dirname(os.path.dirname(redis.__file__)))"],
-        check=True, capture_output=True, text=True,
+    site = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import redis, pydantic, os; print(os.path.dirname(os.path.dirname(redis.__file__)))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [str(python), "-c", SCRIPT, redis_url, str(ROOT)],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
         env={"PYTHONPATH": site, "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

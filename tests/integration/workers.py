@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -49,8 +50,6 @@ def probe_once(url: str, settings: dict[str, Any], barrier: Any, queue: Any) -> 
         return "ok"
 
     barrier.wait()
-    try:
+    with contextlib.suppress(CircuitOpenError):
         breaker.execute(slow_success)
-    except CircuitOpenError:
-        pass
     queue.put(ran)

@@ -64,7 +64,10 @@ def test_config_is_frozen_and_has_the_documented_defaults() -> None:
     config = BreakerConfig()
     assert (config.failure_threshold, config.window, config.reset_timeout) == (5, 120.0, 60.0)
     assert (config.on_store_error, config.consistency, config.cache_ttl) == (
-        "fail_open", "cached", 1.0)
+        "fail_open",
+        "cached",
+        1.0,
+    )
     with pytest.raises(ValidationError):
         config.failure_threshold = 2  # type: ignore[misc]
 

@@ -34,9 +34,14 @@ def test_threshold_inside_window_opens_once_with_event() -> None:
     trip(m)
     snap = m.snapshot(T0)
     assert (snap.state, snap.generation, snap.opened_at_ms, snap.open_until_ms) == (
-        "open", 1, T0, T0 + 10_000)
+        "open",
+        1,
+        T0,
+        T0 + 10_000,
+    )
     assert [(e.from_state, e.to_state, e.reason) for e in m.events] == [
-        ("closed", "open", "failure_threshold")]
+        ("closed", "open", "failure_threshold")
+    ]
 
 
 def test_failures_outside_window_are_pruned() -> None:
@@ -61,7 +66,11 @@ def test_first_caller_after_reset_timeout_becomes_the_probe() -> None:
     trip(m)
     probe = m.admit(T0 + 10_000, "p1")
     assert (probe.allowed, probe.state, probe.probe, probe.generation) == (
-        True, "half_open", True, 2)
+        True,
+        "half_open",
+        True,
+        2,
+    )
     other = m.admit(T0 + 10_001, "p2")
     assert (other.allowed, other.state) == (False, "half_open")
     assert other.retry_after_ms == 30_000 - 1
