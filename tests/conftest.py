@@ -60,10 +60,19 @@ async def async_client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     await real.aclose()
 
 
+@pytest.fixture(params=["cached", "strict"])
+def consistency(request: pytest.FixtureRequest) -> str:
+    """Every behavioural test runs in both consistency modes."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_breaker(client: Any, clock: FakeClock, prefix: str) -> Callable[..., Breaker]:
+def make_breaker(
+    client: Any, clock: FakeClock, prefix: str, consistency: str
+) -> Callable[..., Breaker]:
     def build(name: str = "upstream", **settings: Any) -> Breaker:
         settings.setdefault("key_prefix", prefix)
+        settings.setdefault("consistency", consistency)
         return Breaker(name, client, BreakerConfig(**settings), clock=clock)
 
     return build
@@ -71,10 +80,11 @@ def make_breaker(client: Any, clock: FakeClock, prefix: str) -> Callable[..., Br
 
 @pytest.fixture
 def make_async_breaker(
-    async_client: Any, clock: FakeClock, prefix: str
+    async_client: Any, clock: FakeClock, prefix: str, consistency: str
 ) -> Callable[..., AsyncBreaker]:
     def build(name: str = "upstream", **settings: Any) -> AsyncBreaker:
         settings.setdefault("key_prefix", prefix)
+        settings.setdefault("consistency", consistency)
         return AsyncBreaker(name, async_client, BreakerConfig(**settings), clock=clock)
 
     return build

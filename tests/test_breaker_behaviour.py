@@ -32,11 +32,10 @@ def fail(breaker: Breaker, times: int) -> None:
         breaker.execute(raise_connection_error, fallback=lambda: None)
 
 
-@pytest.mark.parametrize("consistency", ["cached", "strict"])
 def test_trips_after_threshold_and_refuses_without_calling(
-    make_breaker: Callable[..., Breaker], consistency: str
+    make_breaker: Callable[..., Breaker],
 ) -> None:
-    breaker = make_breaker(failure_threshold=3, consistency=consistency)
+    breaker = make_breaker(failure_threshold=3)
     upstream = Upstream()
     upstream.down = True
     results = [breaker.execute(upstream, fallback=lambda: "cached") for _ in range(5)]
@@ -64,11 +63,10 @@ def test_refusal_without_fallback_raises_with_retry_after(
     assert caught.value.retry_after == pytest.approx(20.0)
 
 
-@pytest.mark.parametrize("consistency", ["cached", "strict"])
 def test_recovers_through_half_open_probe(
-    make_breaker: Callable[..., Breaker], clock: FakeClock, consistency: str
+    make_breaker: Callable[..., Breaker], clock: FakeClock
 ) -> None:
-    breaker = make_breaker(failure_threshold=2, reset_timeout=5, consistency=consistency)
+    breaker = make_breaker(failure_threshold=2, reset_timeout=5)
     fail(breaker, 2)
     clock.advance(5)
     assert breaker.execute(lambda: "probe ok") == "probe ok"
