@@ -141,7 +141,10 @@ class LocalCache:
 
     def _set(self, state: str, generation: int, due: float, now: float) -> None:
         with self._lock:
-            if generation < self.generation:
+            # Out-of-order news is ignored, but a stale copy takes anything: the keys may
+            # have expired (generation back to 0) while this process held an old copy.
+            fresh = now - self.fetched < self._ttl
+            if generation < self.generation and fresh:
                 return
             self.state, self.generation, self.due, self.fetched = state, generation, due, now
 

@@ -128,3 +128,19 @@ def test_killed_subscriber_reconnects_and_trips_are_still_seen(redis_url: str, p
         time.sleep(0.01)
     assert refused
     assert time.monotonic() - started <= 1.0 + 0.3  # within cache_ttl (+ scheduling slack)
+
+
+def test_cache_accepts_a_lower_generation_once_stale(
+    client: Any, clock: FakeClock, prefix: str
+) -> None:
+    breaker = worker(client, clock, prefix, failure_threshold=1, reset_timeout=1)
+    breaker.execute(raise_connection_error, fallback=lambda: None)  # generation 1, open
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        client.delete(key)  # the keys expired: Redis is back at generation 0
+    clock.advance(2)
+    assert breaker.execute(lambda: "closed again") == "closed again"
+    assert breaker._cache.generation == 0
+    before = breaker._cache.fetched
+    clock.advance(0.5)
+    breaker.execute(lambda: "from the cache")
+    assert breaker._cache.fetched == before  # decided locally: no refresh was needed
