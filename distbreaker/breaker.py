@@ -32,6 +32,17 @@ from distbreaker.store import STORE_ERRORS, AsyncStore, SyncStore, events_channe
 
 logger = logging.getLogger("distbreaker")
 
+# Bumped in every forked child, so a breaker notices a fork without a syscall per call.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 P = ParamSpec("P")
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -138,6 +149,7 @@ class LocalCache:
         self.generation = -1
         self.due = 0.0
         self.fetched = float("-inf")
+        self.closed_ticket: Ticket | None = None
 
     def _set(self, state: str, generation: int, due: float, now: float) -> None:
         with self._lock:
@@ -146,6 +158,8 @@ class LocalCache:
             fresh = now - self.fetched < self._ttl
             if generation < self.generation and fresh:
                 return
+            closed = state in ("closed", "forced_closed")
+            self.closed_ticket = Ticket(None, generation, False, True, state) if closed else None
             self.state, self.generation, self.due, self.fetched = state, generation, due, now
 
     def from_admission(self, admission: Admission, now: float) -> None:
@@ -166,26 +180,28 @@ class LocalCache:
         with self._lock:
             self.fetched = float("-inf")
 
-    def decide(self, now: float) -> Admission | None:
+    def decide(self, now: float, name: str) -> Ticket | CircuitOpenError | None:
         """A local decision, or ``None`` when only the script may decide."""
-        with self._lock:
-            if now - self.fetched >= self._ttl or now < self.fetched:
-                return None
-            if self.state in ("closed", "forced_closed"):
-                return Admission(True, self.state, self.generation, 0, False, 0)  # type: ignore[arg-type]
-            if self.state == "open" and now < self.due:
-                retry_ms = round((self.due - now) * 1000)
-                return Admission(False, "open", self.generation, retry_ms, False, 0)
-            if self.state == "forced_open":
-                return Admission(False, "forced_open", self.generation, None, False, 0)
+        # Read without the lock: the four fields are replaced together under it, and a
+        # torn read can only make a decision as stale as cache_ttl allows anyway.
+        ticket = self.closed_ticket
+        if now - self.fetched >= self._ttl or now < self.fetched:
             return None
+        if ticket is not None:
+            return ticket
+        state = self.state
+        if state == "open" and now < self.due:
+            return CircuitOpenError(name, "open", round(self.due - now, 3))
+        if state == "forced_open":
+            return CircuitOpenError(name, "forced_open", None)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """An admitted call: where it was admitted and in which generation."""
 
-    call_id: str
+    call_id: str | None  # None until an outcome must be recorded (cached closed admissions)
     generation: int
     probe: bool
     shared: bool
@@ -211,6 +227,7 @@ class _BreakerBase:
 
     def _init_process_state(self) -> None:
         """Everything that must not be shared with a forked parent."""
+        self._fork_generation = _fork_generation
         self._pid = os.getpid()
         self._worker_id = f"{socket.gethostname()}:{self._pid}:{secrets.token_hex(4)}"
         self._counter = itertools.count(1)
@@ -220,7 +237,7 @@ class _BreakerBase:
         self._subscribed = False
 
     def _forked(self) -> bool:
-        if os.getpid() == self._pid:
+        if self._fork_generation == _fork_generation:
             return False
         self._init_process_state()
         return True
@@ -230,6 +247,7 @@ class _BreakerBase:
         self._cache.from_event(
             event.to_state, event.generation, event.at_ms, event.open_until_ms, self._local_now()
         )
+        hooks.emit("on_transition", event)
 
     def _invalidate_cache(self) -> None:
         self._cache.invalidate()
@@ -274,10 +292,7 @@ class _BreakerBase:
     def _cached_decision(self) -> Ticket | CircuitOpenError | None:
         if self.config.consistency != "cached" or not self._guard.ok:
             return None
-        admission = self._cache.decide(self._local_now())
-        if admission is None:
-            return None
-        return self._ticket_or_refusal(admission, self._next_call_id(), shared=True)
+        return self._cache.decide(self._local_now(), self.name)
 
     def _store_down(self, error: BaseException) -> None:
         hooks.emit("on_store_error", self.name, error)
@@ -324,6 +339,8 @@ class _BreakerBase:
         return "success" if ticket.probe else None
 
     def _report(self, ticket: Ticket | None, outcome: str, duration: float | None) -> None:
+        if not hooks.active():
+            return
         state = ticket.state if ticket else "open"
         shared = ticket.shared if ticket else self._guard.ok
         info = hooks.CallInfo(self.name, outcome, state, duration, shared)  # type: ignore[arg-type]
@@ -436,11 +453,10 @@ class Breaker(_BreakerBase):
         self._report(ticket, "failure" if verdict.counts else "ignored", duration)
 
     def _record(self, ticket: Ticket, outcome: Outcome) -> None:
+        call_id = ticket.call_id or self._next_call_id()
         if ticket.shared and self._guard.allow(self._local_now()):
             try:
-                change = self._store.record(
-                    self._script_now(), ticket.call_id, ticket.generation, outcome
-                )
+                change = self._store.record(self._script_now(), call_id, ticket.generation, outcome)
             except STORE_ERRORS as error:
                 self._store_down(error)
             else:
@@ -449,9 +465,9 @@ class Breaker(_BreakerBase):
                 return
         if outcome == "failure" and self.config.on_store_error == "fail_open":
             generation = ticket.generation if not ticket.shared else self._shadow_generation()
-            self._shadow.record(self._wall_ms(), ticket.call_id, generation, outcome)
+            self._shadow.record(self._wall_ms(), call_id, generation, outcome)
         elif not ticket.shared:
-            self._shadow.record(self._wall_ms(), ticket.call_id, ticket.generation, outcome)
+            self._shadow.record(self._wall_ms(), call_id, ticket.generation, outcome)
 
     def _shadow_generation(self) -> int:
         return self._shadow.snapshot(self._wall_ms()).generation
@@ -495,11 +511,11 @@ class Breaker(_BreakerBase):
 
     def _control(self, command: Command, hold_ms: int = 0, reason: str = "") -> None:
         self._forked()
-        self._shadow.control(self._wall_ms(), command, hold_ms, reason)
         try:
             change = self._store.control(self._script_now(), command, hold_ms, reason)
         except STORE_ERRORS as error:
             self._store_down(error)
+            self._shadow.control(self._wall_ms(), command, hold_ms, reason)
             raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
         self._store_up()
         self._apply_change(change)
@@ -596,10 +612,11 @@ class AsyncBreaker(_BreakerBase):
         self._report(ticket, "failure" if verdict.counts else "ignored", duration)
 
     async def _record(self, ticket: Ticket, outcome: Outcome) -> None:
+        call_id = ticket.call_id or self._next_call_id()
         if ticket.shared and self._guard.allow(self._local_now()):
             try:
                 change = await self._store.record(
-                    self._script_now(), ticket.call_id, ticket.generation, outcome
+                    self._script_now(), call_id, ticket.generation, outcome
                 )
             except STORE_ERRORS as error:
                 self._store_down(error)
@@ -609,9 +626,9 @@ class AsyncBreaker(_BreakerBase):
                 return
         if outcome == "failure" and self.config.on_store_error == "fail_open":
             generation = ticket.generation if not ticket.shared else self._shadow_generation()
-            self._shadow.record(self._wall_ms(), ticket.call_id, generation, outcome)
+            self._shadow.record(self._wall_ms(), call_id, generation, outcome)
         elif not ticket.shared:
-            self._shadow.record(self._wall_ms(), ticket.call_id, ticket.generation, outcome)
+            self._shadow.record(self._wall_ms(), call_id, ticket.generation, outcome)
 
     def _shadow_generation(self) -> int:
         return self._shadow.snapshot(self._wall_ms()).generation
@@ -653,11 +670,11 @@ class AsyncBreaker(_BreakerBase):
 
     async def _control(self, command: Command, hold_ms: int = 0, reason: str = "") -> None:
         self._forked()
-        self._shadow.control(self._wall_ms(), command, hold_ms, reason)
         try:
             change = await self._store.control(self._script_now(), command, hold_ms, reason)
         except STORE_ERRORS as error:
             self._store_down(error)
+            self._shadow.control(self._wall_ms(), command, hold_ms, reason)
             raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
         self._store_up()
         self._apply_change(change)

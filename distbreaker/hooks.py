@@ -57,6 +57,11 @@ def remove_hook(hook: object) -> None:
             _hooks.remove(hook)
 
 
+def active() -> bool:
+    """Whether any hook is registered (lets the hot path skip building call records)."""
+    return bool(_hooks)
+
+
 def emit(method: str, *args: object) -> None:
     """Call ``method`` on every hook that has it."""
     for hook in tuple(_hooks):

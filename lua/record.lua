@@ -18,7 +18,7 @@ local s = load_state()
 local current = GENERATION == s.generation
 
 if OUTCOME == 'failure' then
-  if redis.call('ZADD', K_FAILURES, NOW, CALL_ID) == 0 then
+  if redis.call('ZADD', K_FAILURES, 'NX', NOW, CALL_ID) == 0 then
     return { 0, s.state, s.generation, s.open_until, NOW }
   end
   redis.call('ZREMRANGEBYSCORE', K_FAILURES, '-inf', NOW - WINDOW)
@@ -28,7 +28,7 @@ if OUTCOME == 'failure' then
     count = FAILURES_CAP
   end
   redis.call('HINCRBY', K_STATE, 'failures_total', 1)
-  redis.call('HSET', K_STATE, 'last_failure_at', NOW)
+  redis.call('HSET', K_STATE, 'last_failure_at', NOW, 'config', CONFIG_JSON)
   if current and s.state == 'closed' and count >= THRESHOLD then
     open(s, NOW + RESET, 'failure_threshold')
   elseif current and s.state == 'half_open' then
