@@ -1,0 +1,689 @@
+"""The ``distbreaker`` command: inspect, watch and steer shared breakers; run the demo.
+
+Tables with colour on a terminal, plain text when piped. Every problem an operator can
+cause or meet (a bad URL, an unreachable Redis, an unknown breaker) ends in one line on
+stderr and a non-zero exit: 1 for a failure, 2 for a usage error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from distbreaker.breaker import Breaker, BreakerStatus
+from distbreaker.config import BreakerConfig, validate_name
+from distbreaker.diagnostics import (
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    GITHUB_API_URL,
+    REDIS_URL_ENV,
+    ServiceCheck,
+    breaker_exists,
+    breaker_for,
+    check_docker,
+    check_github,
+    load_scripts,
+    measure_latency,
+    open_client,
+    redact_url,
+    redis_health,
+    scan_breakers,
+    settings_stored,
+)
+from distbreaker.errors import StoreUnavailableError
+from distbreaker.events import parse_event
+from distbreaker.store import STORE_ERRORS, events_channel
+
+STATE_STYLES = {
+    "closed": "green",
+    "open": "bold red",
+    "half_open": "yellow",
+    "forced_open": "bold magenta",
+    "forced_closed": "magenta",
+}
+EXTERNAL_CHECK_TIMEOUT = 5.0
+_READ_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, StoreUnavailableError)
+
+
+class CliError(Exception):
+    """A problem to report in one line; ``code`` 1 = failure, 2 = usage."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class Output:
+    """Rich tables and colour on a terminal, plain aligned text when piped."""
+
+    def __init__(self) -> None:
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.rich = self.console.is_terminal
+
+    def line(self, text: str, style: str | None = None) -> None:
+        if self.rich:
+            self.console.print(Text(text, style=style or ""))
+        else:
+            print(text, flush=True)
+
+    def table(
+        self,
+        title: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        styles: Sequence[Sequence[str | None]] | None = None,
+    ) -> None:
+        if self.rich:
+            table = Table(title=title or None, title_justify="left")
+            for column in columns:
+                table.add_column(column)
+            for i, row in enumerate(rows):
+                row_styles = styles[i] if styles else [None] * len(row)
+                table.add_row(
+                    *(
+                        Text(cell, style=style or "")
+                        for cell, style in zip(row, row_styles, strict=True)
+                    )
+                )
+            self.console.print(table)
+            return
+        for text in plain_table(title, columns, rows):
+            print(text)
+        sys.stdout.flush()
+
+
+def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns separated by two spaces, padded to the widest cell; no trailing blanks."""
+    everything = [list(columns), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in everything) for i in range(len(columns))]
+    lines = [f"{title}:"] if title else []
+    for row in everything:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def error_line(message: str) -> None:
+    print(f"distbreaker: error: {message}", file=sys.stderr, flush=True)
+
+
+# -- formatting -----------------------------------------------------------------------
+
+
+def ago(moment: float | None, now: float) -> str:
+    """``"12s ago"``-style age of an epoch time; ``"never"`` for None."""
+    if moment is None:
+        return "never"
+    seconds = max(0.0, now - moment)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def resets_in(status: BreakerStatus) -> str:
+    if status.state == "open":
+        return f"{status.time_until_reset:.1f}s" if status.time_until_reset > 0 else "due"
+    if status.state == "forced_open":
+        return "manual"
+    return "-"
+
+
+def clock_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
+
+
+def status_row(status: BreakerStatus, config: BreakerConfig | None, now: float) -> list[str]:
+    """One table row; ``config`` is None while the breaker has stored no settings."""
+    threshold = "?" if config is None else str(config.failure_threshold)
+    window = BreakerConfig().window if config is None else config.window
+    return [
+        status.name,
+        status.state,
+        f"{status.failure_count}/{threshold} in {window:g}s",
+        str(status.generation),
+        resets_in(status),
+        ago(status.last_failure_at, now),
+        str(status.opens_total),
+    ]
+
+
+STATUS_COLUMNS = [
+    "BREAKER",
+    "STATE",
+    "FAILURES",
+    "GENERATION",
+    "RESETS IN",
+    "LAST FAILURE",
+    "OPENS",
+]
+
+
+def event_line(data: bytes | str) -> str | None:
+    event = parse_event(data)
+    if event is None:
+        return None
+    at = datetime.fromtimestamp(event.at_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    text = f"{at.replace('+00:00', 'Z')}  {event.name}  {event.from_state} -> {event.to_state}"
+    text += f"  generation {event.generation}"
+    if event.reason:
+        text += f"  ({event.reason})"
+    if event.to_state == "open" and event.open_until_ms:
+        text += f"  until {clock_time(event.open_until_ms / 1000)}"
+    return text
+
+
+# -- connecting -------------------------------------------------------------------------
+
+
+def _url(value: str | None) -> str:
+    return value or DEFAULT_REDIS_URL
+
+
+def _prefix(value: str) -> str:
+    try:
+        return BreakerConfig(key_prefix=value).key_prefix
+    except ValidationError:
+        raise CliError(
+            f"bad --prefix {value!r}: use 1-64 characters of A-Z a-z 0-9 . _ - :", 2
+        ) from None
+
+
+def _name(value: str) -> str:
+    try:
+        return validate_name(value)
+    except ValueError as error:
+        raise CliError(str(error), 2) from None
+
+
+def connect_checked(url: str) -> Any:
+    """A client that has answered a PING, or a one-line ``CliError``."""
+    try:
+        client = open_client(url)
+    except ValueError as error:
+        raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+    try:
+        measure_latency(client)
+    except STORE_ERRORS as error:
+        raise CliError(f"cannot reach Redis at {redact_url(url)}: {error}") from None
+    return client
+
+
+def _existing(client: Any, prefix: str, name: str, url: str) -> Breaker:
+    if not breaker_exists(client, prefix, name):
+        raise CliError(
+            f"no breaker {name!r} under prefix {prefix!r} at {redact_url(url)} "
+            "(no keys: it never failed, or its keys expired)"
+        )
+    return breaker_for(client, prefix, name)
+
+
+def _hint(prefix: str) -> str:
+    return "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
+
+
+# -- the command ------------------------------------------------------------------------
+
+app = typer.Typer(
+    name="distbreaker",
+    help="Inspect, watch and steer circuit breakers shared through Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RedisUrl = Annotated[
+    str,
+    typer.Option(
+        "--redis-url",
+        metavar="URL",
+        envvar=REDIS_URL_ENV,
+        show_envvar=True,
+        help="Redis holding the breakers.",
+    ),
+]
+Prefix = Annotated[
+    str, typer.Option("--prefix", metavar="PREFIX", help="Key prefix the breakers use.")
+]
+
+
+@app.command()
+def status(
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="One breaker; all found when omitted.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of BreakerStatus.")] = False,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """State, failures in window, generation, time until reset and last failure."""
+    url, prefix = _url(redis_url), _prefix(prefix)
+    client = connect_checked(url)
+    if name is not None:
+        breakers = [_existing(client, prefix, _name(name), url)]
+    else:
+        names, truncated = scan_breakers(client, prefix)
+        if truncated:
+            error_line("the key scan stopped at its budget: some breakers may be missing")
+        breakers = [breaker_for(client, prefix, n) for n in names]
+    statuses = [b.status() for b in breakers]
+    if as_json:
+        print(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2), flush=True)
+        return
+    out = Output()
+    if not statuses:
+        out.line(f"no breakers under prefix {prefix!r} at {redact_url(url)}")
+        return
+    now = time.time()
+    configs = [b.config if settings_stored(client, prefix, b.name) else None for b in breakers]
+    rows = [status_row(s, c, now) for s, c in zip(statuses, configs, strict=True)]
+    styles = [[None, STATE_STYLES.get(s.state), None, None, None, None, None] for s in statuses]
+    out.table("", STATUS_COLUMNS, rows, styles)
+    if None in configs:
+        out.line(
+            "?: settings not stored yet (the breaker has not changed state); "
+            f"failures counted in the default {BreakerConfig().window:g}s window",
+            "dim",
+        )
+
+
+@app.command()
+def watch(
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="Only this breaker's transitions.")
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, metavar="N", help="Stop after N transitions.")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.0, metavar="SECONDS", help="Stop after SECONDS."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each event's raw JSON.")] = False,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """Live transitions from the events channel, one line each, until Ctrl-C."""
+    url, prefix = _url(redis_url), _prefix(prefix)
+    only = _name(name) if name is not None else None
+    client = connect_checked(url)
+    channel = events_channel(prefix)
+    watcher = Watcher(client, channel, only, as_json)
+    watcher.subscribe()
+    print(f"watching {channel} at {redact_url(url)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    try:
+        seen = watcher.run(count, deadline)
+    except KeyboardInterrupt:
+        return
+    finally:
+        watcher.close()
+    if count is not None and seen < count:
+        raise CliError(f"timed out after {timeout:g}s with {seen} of {count} transitions")
+
+
+class Watcher:
+    """Prints transitions as they arrive; after a lost connection it subscribes again
+    (with a growing pause) and says so, since transitions meanwhile are not replayed."""
+
+    def __init__(self, client: Any, channel: str, only: str | None, as_json: bool) -> None:
+        self.client = client
+        self.channel = channel
+        self.only = only
+        self.as_json = as_json
+        self.out = Output()
+        self.pubsub: Any = None
+        self.pause = 0.5
+
+    def subscribe(self) -> None:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+        except BaseException:
+            pubsub.close()
+            raise
+        self.pubsub = pubsub
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(*STORE_ERRORS):
+                self.pubsub.close()
+            self.pubsub = None
+
+    def run(self, count: int | None, deadline: float) -> int:
+        """Print until ``count`` transitions were seen or ``deadline`` (monotonic) passed."""
+        seen = 0
+        while (count is None or seen < count) and (left := deadline - time.monotonic()) > 0:
+            if self.pubsub is None:
+                self._reconnect(left)
+                continue
+            try:
+                message = self.pubsub.get_message(timeout=min(0.5, left))
+            except STORE_ERRORS as error:
+                print(
+                    f"lost Redis ({error}); reconnecting, transitions meanwhile are missed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.close()
+                continue
+            seen += self._show(message)
+        return seen
+
+    def _reconnect(self, left: float) -> None:
+        try:
+            self.subscribe()
+        except STORE_ERRORS:
+            time.sleep(min(self.pause, left))
+            self.pause = min(self.pause * 2, 5.0)
+            return
+        self.pause = 0.5
+        print("watching again", file=sys.stderr, flush=True)
+
+    def _show(self, message: dict[str, Any] | None) -> int:
+        """Print ``message`` if it is a transition we watch; 1 when printed."""
+        if not message or message.get("type") != "message":
+            return 0
+        data = message["data"]
+        event = parse_event(data)
+        if event is None or (self.only is not None and event.name != self.only):
+            return 0
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        shown = text if self.as_json else (event_line(data) or text)
+        self.out.line(shown, STATE_STYLES.get(event.to_state))
+        return 1
+
+
+@app.command("open")
+def open_breaker(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to open.")],
+    seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--for",
+            min=0.001,
+            metavar="SECONDS",
+            help="Open for SECONDS, then one probe decides (default: until reset).",
+        ),
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", metavar="TEXT", help="Why (with --for; shown in events).")
+    ] = "",
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """Open a breaker for the whole fleet: until reset, or --for some seconds."""
+    url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
+    if reason and seconds is None:
+        raise CliError("--reason goes with --for (a forced open carries no reason)", 2)
+    client = connect_checked(url)
+    breaker = breaker_for(client, prefix, name)
+    if seconds is None:
+        breaker.force_open()
+        after = breaker.status()
+        Output().line(
+            f"breaker {name!r} is {after.state} (generation {after.generation}): calls are refused "
+            f"fleet-wide until `distbreaker reset {name}{_hint(prefix)}`",
+            STATE_STYLES.get(after.state),
+        )
+        return
+    breaker.hold_open(seconds, reason)
+    after = breaker.status()
+    if after.state != "open":
+        raise CliError(
+            f"breaker {name!r} is {after.state}: a timed open does not override a manual state; "
+            f"run `distbreaker reset {name}{_hint(prefix)}` first"
+        )
+    until = clock_time(time.time() + after.time_until_reset)
+    Output().line(
+        f"breaker {name!r} is open for {after.time_until_reset:.1f}s, until {until} "
+        f"(generation {after.generation}): calls are refused fleet-wide, then one probe decides",
+        STATE_STYLES["open"],
+    )
+
+
+@app.command("close")
+def close_breaker(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to force closed.")],
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """Force a breaker closed for the whole fleet: calls always pass, failures still count."""
+    url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
+    client = connect_checked(url)
+    breaker = _existing(client, prefix, name, url)
+    breaker.force_closed()
+    after = breaker.status()
+    Output().line(
+        f"breaker {name!r} is {after.state} (generation {after.generation}): calls always pass "
+        f"(failures still counted) until `distbreaker reset {name}{_hint(prefix)}`",
+        STATE_STYLES.get(after.state),
+    )
+
+
+@app.command()
+def reset(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to reset.")],
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """Back to closed with an empty failure window, releasing any manual state."""
+    url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
+    client = connect_checked(url)
+    breaker = _existing(client, prefix, name, url)
+    breaker.reset()
+    after = breaker.status()
+    Output().line(
+        f"breaker {name!r} is {after.state} (generation {after.generation}): "
+        "failure window cleared",
+        STATE_STYLES.get(after.state),
+    )
+
+
+def _external_checks(github_url: str) -> list[ServiceCheck]:
+    """GitHub and Docker checked side by side, each bounded: a hung DNS lookup must not
+    hold the command (daemon threads are left behind, not waited for)."""
+    jobs: dict[str, Callable[[], ServiceCheck]] = {
+        "github": lambda: check_github(github_url),
+        "docker": check_docker,
+    }
+    results: dict[str, ServiceCheck] = {}
+
+    def run(name: str, job: Callable[[], ServiceCheck]) -> None:
+        results[name] = job()
+
+    threads = [threading.Thread(target=run, args=item, daemon=True) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + EXTERNAL_CHECK_TIMEOUT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    silent = f"no answer within {EXTERNAL_CHECK_TIMEOUT:g}s"
+    return [results.get(n) or ServiceCheck(name=n, ok=False, detail=silent) for n in jobs]
+
+
+def _check_row(check: ServiceCheck) -> tuple[list[str], list[str | None]]:
+    result = "skipped" if check.skipped else ("ok" if check.ok else "unreachable")
+    style = "dim" if check.skipped else ("green" if check.ok else "yellow")
+    return [check.name, result, check.detail], [None, style, None]
+
+
+@app.command()
+def diagnose(
+    github_url: Annotated[
+        str, typer.Option("--github-url", metavar="URL", help="GitHub API base URL to check.")
+    ] = GITHUB_API_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """Redis reachability and version, script load, every breaker's health, GitHub, Docker."""
+    url, prefix = _url(redis_url), _prefix(prefix)
+    try:
+        client = open_client(url)
+    except ValueError as error:
+        raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+    report: dict[str, Any] = {}
+    rows: list[list[str]] = []
+    styles: list[list[str | None]] = []
+
+    def add(row: list[str], style: list[str | None]) -> None:
+        rows.append(row)
+        styles.append(style)
+
+    health = redis_health(client, url)
+    report["redis"] = health.model_dump()
+    redis_ok = health.reachable
+    if redis_ok:
+        add(
+            [
+                "redis",
+                "ok",
+                f"{health.url}: Redis {health.version}, ping {health.latency_ms:.2f} ms",
+            ],
+            [None, "green", None],
+        )
+        redis_ok = _diagnose_store(client, prefix, report, add)
+    else:
+        add(["redis", "unreachable", f"{health.url}: {health.error}"], [None, "bold red", None])
+    checks = _external_checks(github_url)
+    report["services"] = [c.model_dump() for c in checks]
+    for check in checks:
+        add(*_check_row(check))
+    if as_json:
+        print(json.dumps(report, indent=2), flush=True)
+    else:
+        Output().table("", ["CHECK", "RESULT", "DETAIL"], rows, styles)
+    if not redis_ok:
+        raise CliError(f"Redis at {health.url} is not usable for breakers")
+
+
+def _diagnose_store(
+    client: Any,
+    prefix: str,
+    report: dict[str, Any],
+    add: Callable[[list[str], list[str | None]], None],
+) -> bool:
+    """Script load and every breaker's health; False when Redis fails on the way."""
+    try:
+        shas = load_scripts(client)
+    except STORE_ERRORS as error:
+        add(["scripts", "failed", f"SCRIPT LOAD: {error}"], [None, "bold red", None])
+        report["scripts"] = {"error": str(error)}
+        return False
+    report["scripts"] = shas
+    add(["scripts", "ok", f"{', '.join(shas)} loaded with SCRIPT LOAD"], [None, "green", None])
+    try:
+        names, truncated = scan_breakers(client, prefix)
+        statuses = [breaker_for(client, prefix, n).status() for n in names]
+    except _READ_ERRORS as error:
+        add(["breakers", "failed", str(error)], [None, "bold red", None])
+        return False
+    report["breakers"] = [s.model_dump(mode="json") for s in statuses]
+    healthy = sum(s.healthy for s in statuses)
+    more = " (scan budget reached: maybe more)" if truncated else ""
+    summary = f"{len(statuses)} under prefix {prefix!r}, {healthy} healthy{more}"
+    add(
+        ["breakers", "ok" if healthy == len(statuses) else "degraded", summary],
+        [None, "green" if healthy == len(statuses) else "yellow", None],
+    )
+    for s in statuses:
+        plural = "" if s.failure_count == 1 else "s"
+        detail = f"{s.failure_count} failure{plural} in window, generation {s.generation}"
+        add([f"  {s.name}", s.state, detail], [None, STATE_STYLES.get(s.state), None])
+    return True
+
+
+@app.command()
+def demo(
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, metavar="N", max=32, help="Worker processes.")
+    ] = 3,
+    duration: Annotated[
+        float,
+        typer.Option(
+            "--duration", min=6.0, metavar="SECONDS", max=3600.0, help="Seconds the demo runs."
+        ),
+    ] = 15.0,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+) -> None:
+    """Worker processes share one breaker against a flaky local upstream; ends by itself.
+
+    Without a reachable Redis, an embedded one (fakeredis) is started and stopped.
+    """
+    from distbreaker.demo import run_demo
+
+    url, prefix = _url(redis_url), _prefix(prefix)
+    try:
+        run_demo(url, Output(), workers=workers, duration=duration, prefix=prefix)
+    except ValueError as error:
+        raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+    except ImportError as error:
+        raise CliError(
+            f"no Redis at {redact_url(url)} and no embedded one ({error}): "
+            "pip install 'distbreaker[cli]'"
+        ) from None
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv``; the exit status (errors already printed)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # The command reports Redis trouble itself, in one line; the library's warnings
+    # (meant for long-running workers) would only repeat it.
+    logging.getLogger("distbreaker").addHandler(logging.NullHandler())
+    try:
+        result = app(args=args, prog_name="distbreaker", standalone_mode=False)
+    except typer.TyperException as error:  # usage errors: click's own message
+        show = getattr(error, "show", None)
+        if callable(show):
+            show()
+        else:
+            error_line(error.format_message())
+        return error.exit_code
+    except typer.Abort:
+        error_line("aborted")
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except CliError as error:
+        error_line(error.message)
+        return error.code
+    except StoreUnavailableError as error:
+        error_line(f"Redis failed during the command: {error}")
+        return 1
+    except STORE_ERRORS as error:
+        error_line(f"Redis failed during the command: {type(error).__name__}: {error}")
+        return 1
+    except Exception as error:  # the promise: one line, never a traceback
+        error_line(f"unexpected {type(error).__name__}: {error}")
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

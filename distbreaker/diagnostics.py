@@ -1,0 +1,305 @@
+"""Startup diagnostics: which breakers exist under a key prefix, and how each one is doing.
+
+``get_network_status()`` answers the questions a worker (or an operator) asks at start-up:
+does Redis answer, how fast, and for every breaker found under the prefix, its ``state``,
+``failure_count`` and ``healthy``. Breakers are found with a bounded ``SCAN`` of
+``{prefix}:{*}:state`` keys, never ``KEYS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from distbreaker.breaker import Breaker, BreakerStatus
+from distbreaker.config import BreakerConfig, validate_name
+from distbreaker.errors import StoreUnavailableError
+from distbreaker.store import SCRIPT_NAMES, STORE_ERRORS, breaker_keys, connect, script_source
+
+REDIS_URL_ENV = "DISTBREAKER_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_PREFIX = "distbreaker"
+# Keys a SCAN may walk through at most: an operator tool must not crawl a huge keyspace.
+SCAN_BUDGET = 100_000
+# An operator tool talks to Redis over real networks: wider than the breaker's 0.25 s.
+TOOL_TIMEOUT = 2.0
+_READ_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, StoreUnavailableError)
+# The config fields stored in the state hash that shape what status reads.
+_STORED_FIELDS = (
+    "failure_threshold",
+    "window",
+    "reset_timeout",
+    "half_open_max_calls",
+    "success_threshold",
+    "probe_timeout",
+)
+
+
+class RedisHealth(BaseModel):
+    """Whether Redis answers, how fast, and which server it is."""
+
+    url: str
+    reachable: bool
+    latency_ms: float | None = None
+    version: str | None = None
+    error: str | None = None
+
+
+class NetworkStatus(BaseModel):
+    """Redis health plus the status of every breaker found under ``prefix``."""
+
+    prefix: str
+    redis: RedisHealth
+    breakers: dict[str, BreakerStatus]
+    truncated: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        """Redis answers and every breaker lets calls through."""
+        return self.redis.reachable and all(b.healthy for b in self.breakers.values())
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """The seed's shape: ``{name: {"state", "failure_count", "healthy"}}``."""
+        return {
+            name: {"state": s.state, "failure_count": s.failure_count, "healthy": s.healthy}
+            for name, s in self.breakers.items()
+        }
+
+
+def default_redis_url() -> str:
+    return os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def open_client(url: str, timeout: float = TOOL_TIMEOUT) -> redis.Redis:
+    """A client for operator tools; ``ValueError`` for a URL that is not a Redis URL."""
+    return connect(url, timeout=timeout)
+
+
+def measure_latency(client: Any) -> float:
+    """One PING round trip in milliseconds, after connecting (raises the client's error
+    when Redis is unreachable)."""
+    client.ping()
+    started = time.perf_counter()
+    client.ping()
+    return (time.perf_counter() - started) * 1000
+
+
+def redis_health(client: Any, url: str) -> RedisHealth:
+    shown = redact_url(url)
+    try:
+        latency = measure_latency(client)
+    except STORE_ERRORS as error:
+        return RedisHealth(url=shown, reachable=False, error=f"{type(error).__name__}: {error}")
+    return RedisHealth(
+        url=shown, reachable=True, latency_ms=round(latency, 3), version=server_version(client)
+    )
+
+
+def server_version(client: Any) -> str:
+    """``redis_version`` from INFO; "unknown" where INFO is missing (fakeredis)."""
+    try:
+        return str(client.info("server").get("redis_version", "unknown"))
+    except redis.ResponseError:
+        return "unknown"
+
+
+def _name_from_key(key: str, prefix: str) -> str | None:
+    head, tail = f"{prefix}:{{", "}:state"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    name = key[len(head) : -len(tail)]
+    try:
+        return validate_name(name)
+    except ValueError:
+        return None
+
+
+def scan_breakers(
+    client: Any, prefix: str = DEFAULT_PREFIX, *, budget: int = SCAN_BUDGET
+) -> tuple[list[str], bool]:
+    """Names of breakers with a state key under ``prefix``, sorted, and whether the
+    SCAN stopped at ``budget`` keys before the end of the keyspace."""
+    names: set[str] = set()
+    cursor, walked = 0, 0
+    while True:
+        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:{{*}}:state", count=1000)
+        for key in keys:
+            name = _name_from_key(key.decode() if isinstance(key, bytes) else key, prefix)
+            if name is not None:
+                names.add(name)
+        walked += 1000
+        if int(cursor) == 0:
+            return sorted(names), False
+        if walked >= budget:
+            return sorted(names), True
+
+
+def find_breakers(
+    client: Any, prefix: str = DEFAULT_PREFIX, *, budget: int = SCAN_BUDGET
+) -> list[str]:
+    """Names of the breakers found under ``prefix`` (a bounded SCAN)."""
+    return scan_breakers(client, prefix, budget=budget)[0]
+
+
+def breaker_exists(client: Any, prefix: str, name: str) -> bool:
+    """True when any of the breaker's keys is in Redis."""
+    return int(client.exists(*breaker_keys(prefix, name))) > 0
+
+
+def settings_stored(client: Any, prefix: str, name: str) -> bool:
+    """True once the breaker has written its settings to its state hash."""
+    return bool(client.hexists(breaker_keys(prefix, name)[0], "config"))
+
+
+def stored_config(client: Any, prefix: str, name: str) -> BreakerConfig:
+    """The breaker's own settings from its state hash (defaults where none are stored).
+
+    ``status`` counts failures inside the breaker's window, so reading a breaker with
+    the wrong window would report the wrong count.
+    """
+    raw = client.hget(breaker_keys(prefix, name)[0], "config")
+    settings: dict[str, Any] = {}
+    if raw:
+        try:
+            stored = json.loads(raw)
+        except ValueError:
+            stored = {}
+        if isinstance(stored, dict):
+            settings = {k: v for k, v in stored.items() if k in _STORED_FIELDS}
+    try:
+        return BreakerConfig(key_prefix=prefix, on_store_error="raise", **settings)
+    except ValidationError:
+        return BreakerConfig(key_prefix=prefix, on_store_error="raise")
+
+
+def breaker_for(client: Any, prefix: str, name: str) -> Breaker:
+    """A ``Breaker`` for operator commands: the stored settings, errors raised, no cache."""
+    settings = stored_config(client, prefix, name).model_dump()
+    settings["consistency"] = "strict"
+    return Breaker(name, client, BreakerConfig(**settings))
+
+
+def breaker_statuses(
+    client: Any, prefix: str = DEFAULT_PREFIX, names: list[str] | None = None
+) -> list[BreakerStatus]:
+    """``status()`` of each named breaker (all found under ``prefix`` by default)."""
+    chosen = find_breakers(client, prefix) if names is None else names
+    return [breaker_for(client, prefix, name).status() for name in chosen]
+
+
+def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -> NetworkStatus:
+    """Redis reachability and latency, and every breaker's state, failures and health.
+
+    ``redis_or_url`` is a Redis URL (default ``$DISTBREAKER_REDIS_URL``, then
+    ``redis://localhost:6379/0``) or a client. Never raises for an unreachable Redis:
+    the answer says ``reachable=False``.
+    """
+    if redis_or_url is None or isinstance(redis_or_url, str):
+        url = redis_or_url or default_redis_url()
+        client = open_client(url)
+    else:
+        client = redis_or_url
+        url = _client_url(client)
+    health = redis_health(client, url)
+    if not health.reachable:
+        return NetworkStatus(prefix=prefix, redis=health, breakers={})
+    try:
+        names, truncated = scan_breakers(client, prefix)
+        statuses = breaker_statuses(client, prefix, names)
+    except _READ_ERRORS as error:
+        health = health.model_copy(
+            update={"reachable": False, "error": f"{type(error).__name__}: {error}"}
+        )
+        return NetworkStatus(prefix=prefix, redis=health, breakers={})
+    return NetworkStatus(
+        prefix=prefix, redis=health, breakers={s.name: s for s in statuses}, truncated=truncated
+    )
+
+
+def _client_url(client: Any) -> str:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    host, port, db = kwargs.get("host", "?"), kwargs.get("port", "?"), kwargs.get("db", 0)
+    return f"redis://{host}:{port}/{db}"
+
+
+def load_scripts(client: Any) -> dict[str, str]:
+    """``SCRIPT LOAD`` every breaker script; their SHA1 digests by name."""
+    return {name: str(client.script_load(script_source(name))) for name in SCRIPT_NAMES}
+
+
+class ServiceCheck(BaseModel):
+    """Whether one outside service answered; ``skipped`` when its extra is not installed."""
+
+    name: str
+    ok: bool
+    detail: str
+    skipped: bool = False
+
+
+GITHUB_API_URL = "https://api.github.com"
+
+
+def check_github(base_url: str = GITHUB_API_URL, timeout: float = 2.0) -> ServiceCheck:
+    """Does GitHub's API answer (any HTTP status counts as an answer)?"""
+    try:
+        import httpx
+    except ImportError:
+        return ServiceCheck(name="github", ok=False, detail="httpx not installed", skipped=True)
+    try:
+        response = httpx.get(base_url, timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as error:
+        return ServiceCheck(
+            name="github",
+            ok=False,
+            detail=f"{base_url}: {type(error).__name__}: {error}",
+        )
+    remaining = response.headers.get("x-ratelimit-remaining")
+    limit = f", rate limit remaining {remaining}" if remaining is not None else ""
+    return ServiceCheck(
+        name="github",
+        ok=response.status_code < 500,
+        detail=f"{base_url} answered HTTP {response.status_code}{limit}",
+    )
+
+
+def check_docker(timeout: float = 2.0) -> ServiceCheck:
+    """Does the Docker daemon (``docker.from_env()``) answer a ping?"""
+    try:
+        import docker
+    except ImportError:
+        return ServiceCheck(
+            name="docker", ok=False, detail="docker SDK not installed", skipped=True
+        )
+    try:
+        client = docker.from_env(timeout=timeout)
+        try:
+            client.ping()
+            info = client.version()
+        finally:
+            client.close()
+    except Exception as error:  # DockerException, requests errors: all mean "no daemon"
+        return ServiceCheck(name="docker", ok=False, detail=f"{type(error).__name__}: {error}")
+    return ServiceCheck(
+        name="docker",
+        ok=True,
+        detail=f"daemon {info.get('Version', '?')} answers (API {info.get('ApiVersion', '?')})",
+    )
