@@ -9,22 +9,32 @@ from distbreaker.errors import (
     StoreUnavailableError,
     TokenUnavailableError,
 )
+from distbreaker.operation import (
+    AsyncNetworkOperation,
+    NetworkOperation,
+    create_async_network_operation,
+    create_network_operation,
+)
 from distbreaker.store import connect, connect_async
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncBreaker",
+    "AsyncNetworkOperation",
     "Breaker",
     "BreakerConfig",
     "BreakerStatus",
     "CircuitOpenError",
     "DistbreakerError",
     "ImageUnavailableError",
+    "NetworkOperation",
     "RetryPolicy",
     "StoreUnavailableError",
     "TokenUnavailableError",
     "__version__",
     "connect",
     "connect_async",
+    "create_async_network_operation",
+    "create_network_operation",
 ]

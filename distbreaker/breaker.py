@@ -553,7 +553,7 @@ class AsyncBreaker(_BreakerBase):
             self._report(None, "refused", None)
             if fallback is None:
                 raise ticket
-            return await _resolve(fallback())
+            return await resolve(fallback())
         started = self._timer()
         try:
             result = await operation()
@@ -561,7 +561,7 @@ class AsyncBreaker(_BreakerBase):
             verdict = self._verdict(error)
             await self._after_error(ticket, verdict, self._timer() - started)
             if verdict.counts and fallback is not None:
-                return await _resolve(fallback())
+                return await resolve(fallback())
             raise
         except BaseException:
             if ticket.probe:
@@ -680,7 +680,8 @@ class AsyncBreaker(_BreakerBase):
         self._apply_change(change)
 
 
-async def _resolve(value: T | Awaitable[T]) -> T:
+async def resolve(value: T | Awaitable[T]) -> T:
+    """Await ``value`` if it is awaitable (fallbacks may be sync or async)."""
     if inspect.isawaitable(value):
         return await cast(Awaitable[T], value)
     return value

@@ -176,9 +176,8 @@ def _docker(exc: BaseException) -> Verdict | None:
     if isinstance(exc, errors.APIError):
         explanation = str(getattr(exc, "explanation", "") or exc)
         if "toomanyrequests" in explanation.lower():
-            return Verdict(
-                counts=False, retryable=False, rate_limited=True, retry_after=DEFAULT_RATE_LIMIT_WAIT
-            )
+            wait = DEFAULT_RATE_LIMIT_WAIT
+            return Verdict(counts=False, retryable=False, rate_limited=True, retry_after=wait)
         status = exc.status_code
         if status is None:
             return FAILURE
