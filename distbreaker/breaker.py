@@ -163,7 +163,13 @@ class LocalCache:
             self.state, self.generation, self.due, self.fetched = state, generation, due, now
 
     def from_admission(self, admission: Admission, now: float) -> None:
-        wait = (admission.retry_after_ms or 0) / 1000 if admission.state == "open" else 0.0
+        wait = (admission.retry_after_ms or 0) / 1000
+        if admission.state == "half_open":
+            # A refused non-probe: the probes in flight decide. Refuse locally for a while
+            # instead of every caller asking the script (probes still always ask it).
+            wait = 0.0 if admission.allowed else min(wait, self._ttl)
+        elif admission.state != "open":
+            wait = 0.0
         self._set(admission.state, admission.generation, now + wait, now)
 
     def from_change(self, change: Change, now: float) -> None:
@@ -190,8 +196,8 @@ class LocalCache:
         if ticket is not None:
             return ticket
         state = self.state
-        if state == "open" and now < self.due:
-            return CircuitOpenError(name, "open", round(self.due - now, 3))
+        if state in ("open", "half_open") and now < self.due:
+            return CircuitOpenError(name, state, round(self.due - now, 3))
         if state == "forced_open":
             return CircuitOpenError(name, "forced_open", None)
         return None

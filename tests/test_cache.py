@@ -144,3 +144,27 @@ def test_cache_accepts_a_lower_generation_once_stale(
     clock.advance(0.5)
     breaker.execute(lambda: "from the cache")
     assert breaker._cache.fetched == before  # decided locally: no refresh was needed
+
+
+def test_half_open_refusals_are_cached_but_probes_always_ask(
+    client: Any, clock: FakeClock, prefix: str
+) -> None:
+    counting = CountingClient(client)
+    settings = {"failure_threshold": 1, "reset_timeout": 5, "probe_timeout": 10}
+    prober = worker(client, clock, prefix, **settings)
+    waiting = worker(counting, clock, prefix, cache_ttl=1.0, **settings)
+    prober.execute(raise_connection_error, fallback=lambda: None)
+    clock.advance(5)
+
+    def probe() -> str:
+        assert waiting.execute(lambda: "x", fallback=lambda: "refused") == "refused"
+        calls = counting.scripts
+        for _ in range(50):  # refused from the cache: half_open, probe in flight
+            assert waiting.execute(lambda: "x", fallback=lambda: "refused") == "refused"
+        assert counting.scripts == calls
+        clock.advance(1.0)  # cache_ttl later the script is asked again
+        assert waiting.execute(lambda: "x", fallback=lambda: "refused") == "refused"
+        assert counting.scripts == calls + 1
+        return "ok"
+
+    assert prober.execute(probe) == "ok"
