@@ -15,7 +15,7 @@ from distbreaker.operation import (
     create_async_network_operation,
     create_network_operation,
 )
-from distbreaker.store import connect, connect_async
+from distbreaker.store import connect, connect_async, connect_cluster, connect_cluster_async
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,8 @@ __all__ = [
     "__version__",
     "connect",
     "connect_async",
+    "connect_cluster",
+    "connect_cluster_async",
     "create_async_network_operation",
     "create_network_operation",
 ]

@@ -7,8 +7,11 @@ eagerly; pass your own callable (returning a ``Verdict`` or a plain bool) to cha
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import email.utils
 import errno
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +31,12 @@ _LOCAL_OS_ERRORS = (
     IsADirectoryError,
     NotADirectoryError,
     ChildProcessError,
+)
+# OSErrors about this machine (files, descriptors, memory, disk), not about the network.
+_LOCAL_ERRNO_NAMES = """ENOENT EACCES EPERM EEXIST EISDIR ENOTDIR ENOTEMPTY ENAMETOOLONG ELOOP
+EXDEV EROFS ENOSPC EDQUOT EMFILE ENFILE ENOMEM EBADF"""
+_LOCAL_ERRNOS = frozenset(
+    getattr(errno, n) for n in _LOCAL_ERRNO_NAMES.split() if hasattr(errno, n)
 )
 
 
@@ -67,12 +76,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     if text.isdigit():
         return float(text)
+    with contextlib.suppress(ValueError):  # not RFC 9110, but some servers send "1.5"
+        seconds = float(text)
+        if 0 <= seconds < float("inf"):
+            return seconds
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # "-0000": the date is UTC, the sender just will not say so
+        when = when.replace(tzinfo=datetime.UTC)
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
 
@@ -117,17 +130,25 @@ def for_status(
 
 def classify(exc: BaseException) -> Verdict:
     """The default classifier (see the module docstring)."""
-    for check in (_httpx, _docker, _requests, _status_attribute):
+    for check in (_httpx, _docker, _requests, _urllib, _status_attribute):
         verdict = check(exc)
         if verdict is not None:
             return verdict
-    if isinstance(exc, TimeoutError | ConnectionError):
+    if isinstance(exc, TimeoutError | ConnectionError) or _is_socket_error(exc):
         return FAILURE
-    if isinstance(exc, _LOCAL_OS_ERRORS):
-        return IGNORED
+    if isinstance(exc, (*_LOCAL_OS_ERRORS, ValueError)):
+        return IGNORED  # io.UnsupportedOperation is an OSError and a ValueError: a bug
     if isinstance(exc, OSError):
-        return FAILURE if exc.errno not in (errno.ENOENT, errno.EACCES) else IGNORED
+        return IGNORED if exc.errno in _LOCAL_ERRNOS else FAILURE
     return IGNORED
+
+
+def _is_socket_error(exc: BaseException) -> bool:
+    """TLS and name-resolution errors: their ``errno`` is not an errno (SSL_ERROR_SSL is 1)."""
+    if isinstance(exc, socket.gaierror | socket.herror):
+        return True
+    ssl = sys.modules.get("ssl")  # not imported: no TLS error can exist
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def is_failure(exc: BaseException) -> bool:
@@ -173,6 +194,8 @@ def _docker(exc: BaseException) -> Verdict | None:
     errors = sys.modules.get("docker.errors")
     if errors is None:
         return None
+    if isinstance(exc, errors.NotFound):
+        return IGNORED  # also when raised without a response (ImageNotFound)
     if isinstance(exc, errors.APIError):
         explanation = str(getattr(exc, "explanation", "") or exc)
         if "toomanyrequests" in explanation.lower():
@@ -200,9 +223,20 @@ def _requests(exc: BaseException) -> Verdict | None:
         return for_status(response.status_code, _headers_of(response), _body_of(response))
     if isinstance(exc, requests_errors.ConnectionError | requests_errors.Timeout):
         return FAILURE
+    if isinstance(exc, requests_errors.ChunkedEncodingError | requests_errors.RetryError):
+        return FAILURE  # the connection broke mid-body; urllib3 gave up on 5xx answers
     if isinstance(exc, requests_errors.RequestException):
         return IGNORED
     return None
+
+
+def _urllib(exc: BaseException) -> Verdict | None:
+    """The standard library's ``urllib.error.HTTPError`` (an OSError with ``code``)."""
+    errors = sys.modules.get("urllib.error")
+    if errors is None or not isinstance(exc, errors.HTTPError):
+        return None
+    headers = {str(k): str(v) for k, v in exc.headers.items()} if exc.headers else {}
+    return for_status(int(exc.code), headers)
 
 
 def _status_attribute(exc: BaseException) -> Verdict | None:

@@ -196,3 +196,30 @@ def connect_async(url: str, *, timeout: float = 0.25, **options: Any) -> redis.a
     options.setdefault("socket_connect_timeout", timeout)
     options.setdefault("retry", Retry(NoBackoff(), 0))
     return redis.asyncio.Redis.from_url(url, **options)
+
+
+def connect_cluster(url: str, *, timeout: float = 0.25, **options: Any) -> Any:
+    """A ``redis.cluster.RedisCluster`` with breaker-grade timeouts.
+
+    One retry (not none) lets the client follow a slot that moved during a failover.
+    """
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    options.setdefault("socket_timeout", timeout)
+    options.setdefault("socket_connect_timeout", timeout)
+    options.setdefault("retry", Retry(NoBackoff(), 1))
+    return RedisCluster.from_url(url, **options)
+
+
+def connect_cluster_async(url: str, *, timeout: float = 0.25, **options: Any) -> Any:
+    """The ``redis.asyncio.cluster.RedisCluster`` twin of :func:`connect_cluster`."""
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    options.setdefault("socket_timeout", timeout)
+    options.setdefault("socket_connect_timeout", timeout)
+    options.setdefault("retry", Retry(NoBackoff(), 1))
+    return RedisCluster.from_url(url, **options)
