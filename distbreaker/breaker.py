@@ -362,6 +362,29 @@ class _BreakerBase:
         info = hooks.CallInfo(self.name, outcome, state, duration, shared)  # type: ignore[arg-type]
         hooks.emit("on_call", info)
 
+    def _record_in_shadow(self, ticket: Ticket, call_id: str, outcome: Outcome) -> None:
+        """The outcome Redis could not take: the local shadow keeps protecting."""
+        if not ticket.shared:
+            self._shadow.record(self._wall_ms(), call_id, ticket.generation, outcome)
+        elif outcome == "failure" and self.config.on_store_error == "fail_open":
+            now = self._wall_ms()
+            generation = self._shadow.snapshot(now).generation
+            self._shadow.record(now, call_id, generation, outcome)
+
+    def _degraded_status(self, error: BaseException) -> BreakerStatus:
+        self._store_down(error)
+        if self.config.on_store_error == "raise":
+            raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+        return status_from_snapshot(self.name, self._shadow.snapshot(self._wall_ms()), False)
+
+    def _control_failed(
+        self, error: BaseException, command: Command, hold_ms: int, reason: str
+    ) -> StoreUnavailableError:
+        """Apply a command Redis could not take locally; the caller still learns of it."""
+        self._store_down(error)
+        self._shadow.control(self._wall_ms(), command, hold_ms, reason)
+        return StoreUnavailableError(self.name, f"{type(error).__name__}: {error}")
+
     def _apply_change(self, change: Change) -> None:
         self._cache.from_change(change, self._local_now())
 
@@ -479,14 +502,7 @@ class Breaker(_BreakerBase):
                 self._store_up()
                 self._apply_change(change)
                 return
-        if outcome == "failure" and self.config.on_store_error == "fail_open":
-            generation = ticket.generation if not ticket.shared else self._shadow_generation()
-            self._shadow.record(self._wall_ms(), call_id, generation, outcome)
-        elif not ticket.shared:
-            self._shadow.record(self._wall_ms(), call_id, ticket.generation, outcome)
-
-    def _shadow_generation(self) -> int:
-        return self._shadow.snapshot(self._wall_ms()).generation
+        self._record_in_shadow(ticket, call_id, outcome)
 
     # -- status and controls --------------------------------------------------------
 
@@ -496,12 +512,7 @@ class Breaker(_BreakerBase):
         try:
             snapshot = self._store.snapshot(self._script_now())
         except STORE_ERRORS as error:
-            self._store_down(error)
-            if self.config.on_store_error == "raise":
-                raise StoreUnavailableError(
-                    self.name, f"{type(error).__name__}: {error}"
-                ) from error
-            return status_from_snapshot(self.name, self._shadow.snapshot(self._wall_ms()), False)
+            return self._degraded_status(error)
         self._store_up()
         return status_from_snapshot(self.name, snapshot, True)
 
@@ -530,9 +541,7 @@ class Breaker(_BreakerBase):
         try:
             change = self._store.control(self._script_now(), command, hold_ms, reason)
         except STORE_ERRORS as error:
-            self._store_down(error)
-            self._shadow.control(self._wall_ms(), command, hold_ms, reason)
-            raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+            raise self._control_failed(error, command, hold_ms, reason) from error
         self._store_up()
         self._apply_change(change)
 
@@ -640,14 +649,7 @@ class AsyncBreaker(_BreakerBase):
                 self._store_up()
                 self._apply_change(change)
                 return
-        if outcome == "failure" and self.config.on_store_error == "fail_open":
-            generation = ticket.generation if not ticket.shared else self._shadow_generation()
-            self._shadow.record(self._wall_ms(), call_id, generation, outcome)
-        elif not ticket.shared:
-            self._shadow.record(self._wall_ms(), call_id, ticket.generation, outcome)
-
-    def _shadow_generation(self) -> int:
-        return self._shadow.snapshot(self._wall_ms()).generation
+        self._record_in_shadow(ticket, call_id, outcome)
 
     async def status(self) -> BreakerStatus:
         """The breaker's state as Redis has it (the local shadow's while degraded)."""
@@ -655,12 +657,7 @@ class AsyncBreaker(_BreakerBase):
         try:
             snapshot = await self._store.snapshot(self._script_now())
         except STORE_ERRORS as error:
-            self._store_down(error)
-            if self.config.on_store_error == "raise":
-                raise StoreUnavailableError(
-                    self.name, f"{type(error).__name__}: {error}"
-                ) from error
-            return status_from_snapshot(self.name, self._shadow.snapshot(self._wall_ms()), False)
+            return self._degraded_status(error)
         self._store_up()
         return status_from_snapshot(self.name, snapshot, True)
 
@@ -689,9 +686,7 @@ class AsyncBreaker(_BreakerBase):
         try:
             change = await self._store.control(self._script_now(), command, hold_ms, reason)
         except STORE_ERRORS as error:
-            self._store_down(error)
-            self._shadow.control(self._wall_ms(), command, hold_ms, reason)
-            raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+            raise self._control_failed(error, command, hold_ms, reason) from error
         self._store_up()
         self._apply_change(change)
 

@@ -63,6 +63,14 @@ class _Listeners:
             if callback is not None:
                 callback(event)
 
+    def invalidate_all(self) -> None:
+        """Messages sent while disconnected are lost: make every cache re-ask the scripts."""
+        for listener in self.all():
+            owner = getattr(listener, "__self__", None)
+            invalidate = getattr(owner, "_invalidate_cache", None)
+            if invalidate is not None:
+                invalidate()
+
     def all(self) -> list[Listener]:
         with self._lock:
             refs = [ref for group in self._by_name.values() for ref in group]
@@ -125,13 +133,8 @@ class Subscriber:
                         pubsub.close()
 
     def _connected(self) -> None:
-        # Messages sent while we were away are lost: make every cache re-ask the scripts.
         self.connected.set()
-        for listener in self.listeners.all():
-            owner = getattr(listener, "__self__", None)
-            invalidate = getattr(owner, "_invalidate_cache", None)
-            if invalidate is not None:
-                invalidate()
+        self.listeners.invalidate_all()
 
     def _deliver(self, data: bytes | str) -> None:
         event = parse_event(data)
@@ -162,11 +165,7 @@ class AsyncSubscriber:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 self.connected.set()
-                for listener in self.listeners.all():
-                    owner = getattr(listener, "__self__", None)
-                    invalidate = getattr(owner, "_invalidate_cache", None)
-                    if invalidate is not None:
-                        invalidate()
+                self.listeners.invalidate_all()
                 backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
