@@ -8,6 +8,12 @@
 
 Bad input (names, configuration, URLs, image references) is a ``ValueError`` (pydantic's
 ``ValidationError`` for configuration), raised before any I/O.
+
+The clients add their own, outside this tree: ``distbreaker.github.GitHubAPIError`` (an
+``httpx.HTTPStatusError`` for an answer the client cannot turn into a result, such as a 422),
+and, never escaping ``DockerImages`` (they become the ``__cause__`` of
+``ImageUnavailableError``), ``distbreaker.docker.PullError`` (an error event in a pull stream)
+and ``distbreaker.docker.PullTimeoutError`` (``pull_timeout`` passed).
 """
 
 from __future__ import annotations
