@@ -167,8 +167,12 @@ class AsyncSubscriber:
                 self.connected.set()
                 self.listeners.invalidate_all()
                 backoff.reset()
+                task = asyncio.current_task()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
+                    if task is not None and task.cancelling():
+                        # some clients (the asyncio cluster pub/sub) swallow cancellation
+                        raise asyncio.CancelledError
                     if message and message.get("type") == "message":
                         event = parse_event(message["data"])
                         if event is not None:
@@ -182,7 +186,7 @@ class AsyncSubscriber:
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                        await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
 
 
 _registry_lock = threading.Lock()
