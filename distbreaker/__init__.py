@@ -1,6 +1,7 @@
 """distbreaker: one circuit breaker per upstream, shared through Redis by every worker."""
 
 from distbreaker.breaker import AsyncBreaker, Breaker, BreakerStatus
+from distbreaker.classify import Verdict
 from distbreaker.config import BreakerConfig, RetryPolicy
 from distbreaker.errors import (
     CircuitOpenError,
@@ -15,6 +16,7 @@ from distbreaker.operation import (
     create_async_network_operation,
     create_network_operation,
 )
+from distbreaker.retry import RetryBudget
 from distbreaker.store import connect, connect_async, connect_cluster, connect_cluster_async
 
 __version__ = "0.1.0"
@@ -29,9 +31,11 @@ __all__ = [
     "DistbreakerError",
     "ImageUnavailableError",
     "NetworkOperation",
+    "RetryBudget",
     "RetryPolicy",
     "StoreUnavailableError",
     "TokenUnavailableError",
+    "Verdict",
     "__version__",
     "connect",
     "connect_async",

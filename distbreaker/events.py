@@ -159,7 +159,10 @@ class AsyncSubscriber:
 
     async def _run(self) -> None:
         backoff = _Reconnect()
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a client swallowed it: end anyway
             pubsub = None
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -167,7 +170,6 @@ class AsyncSubscriber:
                 self.connected.set()
                 self.listeners.invalidate_all()
                 backoff.reset()
-                task = asyncio.current_task()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if task is not None and task.cancelling():

@@ -1,12 +1,16 @@
 """``NetworkOperation``: fallback ← retry ← breaker ← call, and its async twin.
 
 Each attempt is one breaker call (the order resilience4j and Polly use), so once the
-breaker opens mid-retry the remaining attempts stop at once and the fallback runs.
+breaker opens mid-retry the remaining attempts stop at once and the fallback runs. The
+twins share every decision (``distbreaker.retry.after_failure``); they differ only in how
+they sleep and wait for Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -15,41 +19,84 @@ from typing import Any, TypeVar, cast
 import redis.asyncio
 
 from distbreaker.breaker import AsyncBreaker, Breaker, BreakerStatus, Clock, resolve
-from distbreaker.classify import Classifier, Verdict
+from distbreaker.classify import Classifier
 from distbreaker.config import BreakerConfig, RetryPolicy
-from distbreaker.errors import CircuitOpenError
-from distbreaker.retry import next_delay
+from distbreaker.errors import CircuitOpenError, StoreUnavailableError
+from distbreaker.retry import GiveUp, Retry, RetryBudget, after_failure
+
+logger = logging.getLogger("distbreaker")
 
 T = TypeVar("T")
 
+# States in which the breaker refuses every call until something changes.
+_REFUSING = frozenset({"open", "forced_open"})
+
 
 class _OperationBase:
+    """The decisions both twins share: no I/O here."""
+
     def __init__(
         self,
         breaker: Breaker | AsyncBreaker,
         retry: RetryPolicy | None,
         clock: Clock | None,
         rng: random.Random | None,
+        budget: RetryBudget | None,
     ) -> None:
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError("retry must be a RetryPolicy")
         self.retry = retry or RetryPolicy()
+        self.budget = budget
         self._clock: Clock = clock or time.monotonic
         self._rng = rng
-        self._breaker_base = breaker
+        self._judge = breaker._verdict  # the breaker's classifier: one opinion per error
+        self._shared = breaker
 
-    def _plan(self, attempt: int, error: Exception, started: float) -> tuple[Verdict, float | None]:
-        """The error's verdict and the wait before the next attempt (``None``: stop)."""
-        verdict = self._breaker_base._verdict(error)
+    def _step(self, attempt: int, error: Exception, started: float) -> Retry | GiveUp:
+        verdict = self._judge(error)
+        budget_left = True
+        if self.budget is not None:
+            if verdict.counts:
+                self.budget.record_failure()
+            budget_left = self.budget.can_retry()
         elapsed = self._clock() - started
-        return verdict, next_delay(self.retry, attempt, verdict, elapsed, self._rng)
+        return after_failure(
+            self.retry, attempt, verdict, elapsed, self._rng, budget_left=budget_left
+        )
+
+    def _worth_asking(self) -> bool:
+        """Ask Redis whether the breaker opened? Not while it is unreachable: each ``status()``
+        would cost a timeout, and the next attempt's local admission decides anyway."""
+        return self._shared._guard.ok  # read each time: a forked child gets a new guard
+
+    def _succeeded(self) -> None:
+        if self.budget is not None:
+            self.budget.record_success()
 
     @staticmethod
-    def _fallback_allowed(verdict: Verdict) -> bool:
-        # rate limits too: the breaker already holds itself open, the fallback is the answer
-        return verdict.counts or verdict.rate_limited
+    def _refusal(status: BreakerStatus | None) -> CircuitOpenError | None:
+        """The refusal the next attempt would meet, if the breaker is known to be open."""
+        if status is None or status.state not in _REFUSING:
+            return None
+        retry_after = status.time_until_reset if status.state == "open" else None
+        return CircuitOpenError(status.name, status.state, retry_after)
+
+    @staticmethod
+    def _log_hold(name: str, seconds: float) -> None:
+        logger.warning(
+            "breaker %r: upstream asked for %.0f s (Retry-After); holding it open for the fleet",
+            name,
+            seconds,
+        )
 
 
 class NetworkOperation(_OperationBase):
-    """Retries a call through a shared ``Breaker``; falls back when it cannot succeed."""
+    """Retries a call through a shared ``Breaker``; falls back when it cannot succeed.
+
+    ``sleep`` and ``clock`` (seconds, for the ``deadline``) are injectable for tests;
+    ``rng`` makes the jitter reproducible; ``budget`` (a ``RetryBudget``, shareable between
+    operations) stops retries while most calls fail.
+    """
 
     def __init__(
         self,
@@ -59,38 +106,74 @@ class NetworkOperation(_OperationBase):
         sleep: Callable[[float], None] = time.sleep,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
-        super().__init__(breaker, retry, clock, rng)
+        super().__init__(breaker, retry, clock, rng, budget)
         self.breaker = breaker
         self._sleep = sleep
 
     def execute(self, operation: Callable[[], T], fallback: Callable[[], T] | None = None) -> T:
-        """Run ``operation`` with retries; ``fallback()`` on refusal or final counted failure."""
+        """Run ``operation`` with retries; ``fallback()`` on refusal or a final counted failure.
+
+        Errors that do not count (client errors, bugs) propagate unchanged at once; a rate
+        limit is not retried (the breaker holds itself open) and gives the fallback.
+        """
         started = self._clock()
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self.breaker.execute(operation)
+                result = self.breaker.execute(operation)
             except CircuitOpenError:
                 if fallback is None:
                     raise
                 return fallback()
+            except StoreUnavailableError:
+                raise  # Redis is down and the breaker is told to say so: not a retry matter
             except Exception as error:
-                verdict, delay = self._plan(attempt, error, started)
-                if delay is not None:
-                    self._sleep(delay)
-                    continue
-                if fallback is not None and self._fallback_allowed(verdict):
+                step = self._step(attempt, error, started)
+                if isinstance(step, Retry):
+                    refusal = self._refusal(self._status_or_none())
+                    if refusal is None:
+                        self._sleep(step.wait)
+                        continue
+                    if fallback is None:
+                        raise refusal from error
+                    return fallback()
+                if step.hold_open is not None:
+                    self._hold(step.hold_open)
+                if fallback is not None and step.fallback:
                     return fallback()
                 raise
+            self._succeeded()
+            return result
 
     def status(self) -> BreakerStatus:
+        """The breaker's status, as Redis has it."""
         return self.breaker.status()
+
+    def _status_or_none(self) -> BreakerStatus | None:
+        if not self._worth_asking():
+            return None
+        try:
+            return self.breaker.status()
+        except StoreUnavailableError:
+            return None  # the next attempt's admission decides instead
+
+    def _hold(self, seconds: float) -> None:
+        self._log_hold(self.breaker.name, seconds)
+        with contextlib.suppress(StoreUnavailableError):
+            self.breaker.hold_open(seconds, "retry-after")
+
+    def __repr__(self) -> str:
+        return f"<NetworkOperation {self.breaker.name!r} attempts={self.retry.max_attempts}>"
 
 
 class AsyncNetworkOperation(_OperationBase):
-    """The asyncio twin of :class:`NetworkOperation`, over an ``AsyncBreaker``."""
+    """The asyncio twin of :class:`NetworkOperation`, over an ``AsyncBreaker``.
+
+    The fallback may be a plain function or a coroutine function.
+    """
 
     def __init__(
         self,
@@ -100,8 +183,9 @@ class AsyncNetworkOperation(_OperationBase):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
-        super().__init__(breaker, retry, clock, rng)
+        super().__init__(breaker, retry, clock, rng, budget)
         self.breaker = breaker
         self._sleep = sleep
 
@@ -116,22 +200,50 @@ class AsyncNetworkOperation(_OperationBase):
         while True:
             attempt += 1
             try:
-                return await self.breaker.execute(operation)
+                result = await self.breaker.execute(operation)
             except CircuitOpenError:
                 if fallback is None:
                     raise
                 return await resolve(fallback())
+            except StoreUnavailableError:
+                raise
             except Exception as error:
-                verdict, delay = self._plan(attempt, error, started)
-                if delay is not None:
-                    await self._sleep(delay)
-                    continue
-                if fallback is not None and self._fallback_allowed(verdict):
+                step = self._step(attempt, error, started)
+                if isinstance(step, Retry):
+                    refusal = self._refusal(await self._status_or_none())
+                    if refusal is None:
+                        await self._sleep(step.wait)
+                        continue
+                    if fallback is None:
+                        raise refusal from error
+                    return await resolve(fallback())
+                if step.hold_open is not None:
+                    await self._hold(step.hold_open)
+                if fallback is not None and step.fallback:
                     return await resolve(fallback())
                 raise
+            self._succeeded()
+            return result
 
     async def status(self) -> BreakerStatus:
+        """The breaker's status, as Redis has it."""
         return await self.breaker.status()
+
+    async def _status_or_none(self) -> BreakerStatus | None:
+        if not self._worth_asking():
+            return None
+        try:
+            return await self.breaker.status()
+        except StoreUnavailableError:
+            return None
+
+    async def _hold(self, seconds: float) -> None:
+        self._log_hold(self.breaker.name, seconds)
+        with contextlib.suppress(StoreUnavailableError):
+            await self.breaker.hold_open(seconds, "retry-after")
+
+    def __repr__(self) -> str:
+        return f"<AsyncNetworkOperation {self.breaker.name!r} attempts={self.retry.max_attempts}>"
 
 
 def _is_async_client(client: Any) -> bool:
@@ -160,7 +272,7 @@ def _policy(
     return RetryPolicy(
         max_attempts=max_retries,
         base_delay=base_delay,
-        max_delay=max(max_delay, base_delay),
+        max_delay=max(max_delay, base_delay),  # the seed had no max_delay: a big base wins
         multiplier=multiplier,
         jitter=jitter,
         deadline=deadline,
@@ -185,6 +297,7 @@ def create_network_operation(
     clock: Clock | None = None,
     sleep: Callable[[float], Any] | None = None,
     classifier: Classifier | None = None,
+    retry_budget: RetryBudget | None = None,
 ) -> NetworkOperation:
     """The seed's ``createNetworkOperation``: a shared breaker plus retries, by name.
 
@@ -198,11 +311,13 @@ def create_network_operation(
     if _is_async_client(redis):
         breaker_async = AsyncBreaker(name, redis, settings, clock, classifier=classifier)
         operation = AsyncNetworkOperation(
-            breaker_async, policy, sleep=sleep or asyncio.sleep, clock=clock
+            breaker_async, policy, sleep=sleep or asyncio.sleep, clock=clock, budget=retry_budget
         )
         return cast(NetworkOperation, operation)
     breaker = Breaker(name, redis, settings, clock, classifier=classifier)
-    return NetworkOperation(breaker, policy, sleep=sleep or time.sleep, clock=clock)
+    return NetworkOperation(
+        breaker, policy, sleep=sleep or time.sleep, clock=clock, budget=retry_budget
+    )
 
 
 def create_async_network_operation(
@@ -222,9 +337,14 @@ def create_async_network_operation(
     clock: Clock | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     classifier: Classifier | None = None,
+    retry_budget: RetryBudget | None = None,
 ) -> AsyncNetworkOperation:
     """The asyncio twin of :func:`create_network_operation`, over a ``redis.asyncio`` client."""
+    if not _is_async_client(redis):
+        raise TypeError("create_async_network_operation needs a redis.asyncio client")
     settings = _settings(config, circuit_threshold, circuit_reset_timeout)
     policy = _policy(max_retries, base_delay, max_delay, multiplier, jitter, deadline, full_jitter)
     breaker = AsyncBreaker(name, redis, settings, clock, classifier=classifier)
-    return AsyncNetworkOperation(breaker, policy, sleep=sleep or asyncio.sleep, clock=clock)
+    return AsyncNetworkOperation(
+        breaker, policy, sleep=sleep or asyncio.sleep, clock=clock, budget=retry_budget
+    )

@@ -1,15 +1,78 @@
 """When to try again: backoff with jitter, ``Retry-After``, and a total deadline.
 
 Pure decisions shared by ``NetworkOperation`` and its async twin; they differ only in how
-they sleep.
+they sleep and talk to Redis. ``after_failure`` looks at one failed attempt and answers
+either ``Retry(wait)`` or ``GiveUp(...)``.
 """
 
 from __future__ import annotations
 
 import random
+import threading
+from dataclasses import dataclass
+from typing import Literal
 
-from distbreaker.classify import Verdict
+from distbreaker.classify import MAX_RATE_LIMIT_WAIT, Verdict
 from distbreaker.config import RetryPolicy
+
+GiveUpReason = Literal[
+    "not retryable", "attempts used", "deadline", "retry-after too long", "retry budget"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Wait ``wait`` seconds, then make the next attempt."""
+
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """No more attempts.
+
+    ``fallback``: the fallback may answer (the error was a counted failure or a rate limit;
+    anything else propagates). ``hold_open``: first hold the shared breaker open this many
+    seconds, because the upstream asked for a longer pause than ``max_delay`` allows.
+    """
+
+    reason: GiveUpReason
+    fallback: bool
+    hold_open: float | None = None
+
+
+def after_failure(
+    policy: RetryPolicy,
+    attempt: int,
+    verdict: Verdict,
+    elapsed: float,
+    rng: random.Random | None = None,
+    *,
+    budget_left: bool = True,
+) -> Retry | GiveUp:
+    """What to do after attempt ``attempt`` (1-based) failed with an error judged ``verdict``.
+
+    ``elapsed`` is the time since the first attempt started; ``budget_left`` is False when
+    a ``RetryBudget`` forbids retries. Retry-After lengthens the wait up to ``max_delay``;
+    a longer one stops the retries and holds the breaker open instead, so the whole fleet
+    waits as the upstream asked.
+    """
+    fallback = verdict.counts or verdict.rate_limited
+    asked = verdict.retry_after if policy.honor_retry_after else None
+    if verdict.counts and asked is not None and asked > policy.max_delay:
+        return GiveUp("retry-after too long", fallback, min(asked, MAX_RATE_LIMIT_WAIT))
+    if not verdict.retryable:
+        return GiveUp("not retryable", fallback)
+    if attempt >= policy.max_attempts:
+        return GiveUp("attempts used", fallback)
+    if not budget_left:
+        return GiveUp("retry budget", fallback)
+    wait = policy.delay(attempt, rng)
+    if asked is not None:
+        wait = max(wait, asked)
+    if policy.deadline is not None and elapsed + wait > policy.deadline:
+        return GiveUp("deadline", fallback)
+    return Retry(wait)
 
 
 def next_delay(
@@ -19,17 +82,44 @@ def next_delay(
     elapsed: float,
     rng: random.Random | None = None,
 ) -> float | None:
-    """Seconds to wait before attempt ``attempt + 1``, or ``None`` to stop now.
+    """Seconds to wait before attempt ``attempt + 1``, or ``None`` to stop now."""
+    step = after_failure(policy, attempt, verdict, elapsed, rng)
+    return step.wait if isinstance(step, Retry) else None
 
-    Stops when the attempts are used up, when the error is not worth retrying, and when
-    the wait would end past ``policy.deadline`` (measured from the first attempt). An
-    upstream's ``Retry-After`` lengthens the wait, capped by ``max_delay``.
+
+class RetryBudget:
+    """Retry throttling for one process, as gRPC does it: retries stop when most calls fail.
+
+    Every failed attempt takes a token, every success gives back ``token_ratio``; retries
+    are allowed only while more than half of ``max_tokens`` are left. Under a partial
+    outage too mild to open the breaker this caps the extra load retries add. Share one
+    budget between the operations that call the same upstream. Thread-safe.
     """
-    if attempt >= policy.max_attempts or not verdict.retryable:
-        return None
-    delay = policy.delay(attempt, rng)
-    if policy.honor_retry_after and verdict.retry_after is not None:
-        delay = max(delay, min(verdict.retry_after, policy.max_delay))
-    if policy.deadline is not None and elapsed + delay > policy.deadline:
-        return None
-    return delay
+
+    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+        if not 1 <= max_tokens <= 1000:
+            raise ValueError("max_tokens must be between 1 and 1000")
+        if not 0 < token_ratio <= 1:
+            raise ValueError("token_ratio must be in (0, 1]")
+        self.max_tokens = float(max_tokens)
+        self.token_ratio = float(token_ratio)
+        self._tokens = self.max_tokens
+        self._lock = threading.Lock()
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._tokens = min(self.max_tokens, self._tokens + self.token_ratio)
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._tokens = max(0.0, self._tokens - 1)
+
+    def can_retry(self) -> bool:
+        return self._tokens > self.max_tokens / 2
+
+    def __repr__(self) -> str:
+        return f"<RetryBudget {self._tokens:.1f}/{self.max_tokens:g} tokens>"
