@@ -30,7 +30,10 @@ from distbreaker.diagnostics import (
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
     GITHUB_API_URL,
+    REDIS_CLUSTER_ENV,
     REDIS_URL_ENV,
+    TOOL_ERRORS,
+    RedisHealth,
     ServiceCheck,
     breaker_exists,
     breaker_for,
@@ -39,6 +42,7 @@ from distbreaker.diagnostics import (
     load_scripts,
     measure_latency,
     open_client,
+    open_cluster_client,
     redact_url,
     redis_health,
     scan_breakers,
@@ -46,7 +50,7 @@ from distbreaker.diagnostics import (
 )
 from distbreaker.errors import StoreUnavailableError
 from distbreaker.events import parse_event
-from distbreaker.store import STORE_ERRORS, events_channel
+from distbreaker.store import events_channel
 
 STATE_STYLES = {
     "closed": "green",
@@ -56,7 +60,7 @@ STATE_STYLES = {
     "forced_closed": "magenta",
 }
 EXTERNAL_CHECK_TIMEOUT = 5.0
-_READ_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, StoreUnavailableError)
+_READ_ERRORS: tuple[type[BaseException], ...] = (*TOOL_ERRORS, StoreUnavailableError)
 
 
 class CliError(Exception):
@@ -213,16 +217,23 @@ def _name(value: str) -> str:
         raise CliError(str(error), 2) from None
 
 
-def connect_checked(url: str) -> Any:
-    """A client that has answered a PING, or a one-line ``CliError``."""
+def open_tool_client(url: str, cluster: bool) -> Any:
+    """A single-node or cluster client (not yet checked), or a usage ``CliError``; a
+    cluster client asks its node for the others at once, so it may raise ``TOOL_ERRORS``."""
     try:
-        client = open_client(url)
+        return open_cluster_client(url) if cluster else open_client(url)
     except ValueError as error:
         raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+
+
+def connect_checked(url: str, cluster: bool = False) -> Any:
+    """A client that has answered a PING, or a one-line ``CliError``."""
+    what = "a Redis Cluster" if cluster else "Redis"
     try:
+        client = open_tool_client(url, cluster)
         measure_latency(client)
-    except STORE_ERRORS as error:
-        raise CliError(f"cannot reach Redis at {redact_url(url)}: {error}") from None
+    except TOOL_ERRORS as error:
+        raise CliError(f"cannot reach {what} at {redact_url(url)}: {error}") from None
     return client
 
 
@@ -262,6 +273,15 @@ RedisUrl = Annotated[
 Prefix = Annotated[
     str, typer.Option("--prefix", metavar="PREFIX", help="Key prefix the breakers use.")
 ]
+Cluster = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        envvar=REDIS_CLUSTER_ENV,
+        show_envvar=True,
+        help="Redis is a Redis Cluster: --redis-url names one node, the others are found.",
+    ),
+]
 
 
 @app.command()
@@ -272,10 +292,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of BreakerStatus.")] = False,
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
 ) -> None:
     """State, failures in window, generation, time until reset and last failure."""
     url, prefix = _url(redis_url), _prefix(prefix)
-    client = connect_checked(url)
+    client = connect_checked(url, cluster)
     if name is not None:
         breakers = [_existing(client, prefix, _name(name), url)]
     else:
@@ -319,11 +340,12 @@ def watch(
     as_json: Annotated[bool, typer.Option("--json", help="Print each event's raw JSON.")] = False,
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
 ) -> None:
     """Live transitions from the events channel, one line each, until Ctrl-C."""
     url, prefix = _url(redis_url), _prefix(prefix)
     only = _name(name) if name is not None else None
-    client = connect_checked(url)
+    client = connect_checked(url, cluster)
     channel = events_channel(prefix)
     watcher = Watcher(client, channel, only, as_json)
     watcher.subscribe()
@@ -363,7 +385,7 @@ class Watcher:
 
     def close(self) -> None:
         if self.pubsub is not None:
-            with contextlib.suppress(*STORE_ERRORS):
+            with contextlib.suppress(*TOOL_ERRORS):
                 self.pubsub.close()
             self.pubsub = None
 
@@ -376,7 +398,7 @@ class Watcher:
                 continue
             try:
                 message = self.pubsub.get_message(timeout=min(0.5, left))
-            except STORE_ERRORS as error:
+            except TOOL_ERRORS as error:
                 print(
                     f"lost Redis ({error}); reconnecting, transitions meanwhile are missed",
                     file=sys.stderr,
@@ -390,7 +412,7 @@ class Watcher:
     def _reconnect(self, left: float) -> None:
         try:
             self.subscribe()
-        except STORE_ERRORS:
+        except TOOL_ERRORS:
             time.sleep(min(self.pause, left))
             self.pause = min(self.pause * 2, 5.0)
             return
@@ -428,12 +450,13 @@ def open_breaker(
     ] = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
 ) -> None:
     """Open a breaker for the whole fleet: until reset, or --for some seconds."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
     if reason and seconds is None:
         raise CliError("--reason goes with --for (a forced open carries no reason)", 2)
-    client = connect_checked(url)
+    client = connect_checked(url, cluster)
     breaker = breaker_for(client, prefix, name)
     if seconds is None:
         breaker.force_open()
@@ -464,10 +487,11 @@ def close_breaker(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to force closed.")],
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
 ) -> None:
     """Force a breaker closed for the whole fleet: calls always pass, failures still count."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url)
+    client = connect_checked(url, cluster)
     breaker = _existing(client, prefix, name, url)
     breaker.force_closed()
     after = breaker.status()
@@ -483,10 +507,11 @@ def reset(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to reset.")],
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
 ) -> None:
     """Back to closed with an empty failure window, releasing any manual state."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url)
+    client = connect_checked(url, cluster)
     breaker = _existing(client, prefix, name, url)
     breaker.reset()
     after = breaker.status()
@@ -533,13 +558,11 @@ def diagnose(
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
 ) -> None:
     """Redis reachability and version, script load, every breaker's health, GitHub, Docker."""
     url, prefix = _url(redis_url), _prefix(prefix)
-    try:
-        client = open_client(url)
-    except ValueError as error:
-        raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+    client, health = _diagnose_client(url, cluster)
     report: dict[str, Any] = {}
     rows: list[list[str]] = []
     styles: list[list[str | None]] = []
@@ -548,15 +571,16 @@ def diagnose(
         rows.append(row)
         styles.append(style)
 
-    health = redis_health(client, url)
     report["redis"] = health.model_dump()
     redis_ok = health.reachable
     if redis_ok:
+        cluster_of = f", cluster of {health.primaries} primaries" if health.primaries else ""
         add(
             [
                 "redis",
                 "ok",
-                f"{health.url}: Redis {health.version}, ping {health.latency_ms:.2f} ms",
+                f"{health.url}: Redis {health.version}, ping {health.latency_ms:.2f} ms"
+                + cluster_of,
             ],
             [None, "green", None],
         )
@@ -575,6 +599,16 @@ def diagnose(
         raise CliError(f"Redis at {health.url} is not usable for breakers")
 
 
+def _diagnose_client(url: str, cluster: bool) -> tuple[Any, RedisHealth]:
+    """The client and its health; a cluster that cannot be joined is reported, not raised."""
+    try:
+        client = open_tool_client(url, cluster)
+    except TOOL_ERRORS as error:
+        error_text = f"{type(error).__name__}: {error}"
+        return None, RedisHealth(url=redact_url(url), reachable=False, error=error_text)
+    return client, redis_health(client, url)
+
+
 def _diagnose_store(
     client: Any,
     prefix: str,
@@ -584,7 +618,7 @@ def _diagnose_store(
     """Script load and every breaker's health; False when Redis fails on the way."""
     try:
         shas = load_scripts(client)
-    except STORE_ERRORS as error:
+    except TOOL_ERRORS as error:
         add(["scripts", "failed", f"SCRIPT LOAD: {error}"], [None, "bold red", None])
         report["scripts"] = {"error": str(error)}
         return False
@@ -672,7 +706,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailableError as error:
         error_line(f"Redis failed during the command: {error}")
         return 1
-    except STORE_ERRORS as error:
+    except TOOL_ERRORS as error:
         error_line(f"Redis failed during the command: {type(error).__name__}: {error}")
         return 1
     except Exception as error:  # the promise: one line, never a traceback

@@ -3,7 +3,8 @@
 ``get_network_status()`` answers the questions a worker (or an operator) asks at start-up:
 does Redis answer, how fast, and for every breaker found under the prefix, its ``state``,
 ``failure_count`` and ``healthy``. Breakers are found with a bounded ``SCAN`` of
-``{prefix}:{*}:state`` keys, never ``KEYS``.
+``{prefix}:{*}:state`` keys, never ``KEYS``; on a Redis Cluster every primary is scanned,
+since each breaker's keys live on the master that owns its slot.
 """
 
 from __future__ import annotations
@@ -16,20 +17,32 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from pydantic import BaseModel, ValidationError
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from distbreaker.breaker import Breaker, BreakerStatus
 from distbreaker.config import BreakerConfig, validate_name
 from distbreaker.errors import StoreUnavailableError
-from distbreaker.store import SCRIPT_NAMES, STORE_ERRORS, breaker_keys, connect, script_source
+from distbreaker.store import (
+    SCRIPT_NAMES,
+    STORE_ERRORS,
+    breaker_keys,
+    connect,
+    connect_cluster,
+    script_source,
+)
 
 REDIS_URL_ENV = "DISTBREAKER_REDIS_URL"
+REDIS_CLUSTER_ENV = "DISTBREAKER_REDIS_CLUSTER"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "distbreaker"
 # Keys a SCAN may walk through at most: an operator tool must not crawl a huge keyspace.
 SCAN_BUDGET = 100_000
 # An operator tool talks to Redis over real networks: wider than the breaker's 0.25 s.
 TOOL_TIMEOUT = 2.0
-_READ_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, StoreUnavailableError)
+# A cluster client raises RedisClusterException (not a RedisError) when no node answers.
+TOOL_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, RedisClusterException)
+_READ_ERRORS: tuple[type[BaseException], ...] = (*TOOL_ERRORS, StoreUnavailableError)
 # The config fields stored in the state hash that shape what status reads.
 _STORED_FIELDS = (
     "failure_threshold",
@@ -49,6 +62,8 @@ class RedisHealth(BaseModel):
     latency_ms: float | None = None
     version: str | None = None
     error: str | None = None
+    # Primary nodes when Redis is a cluster; latency and version are then one node's.
+    primaries: int | None = None
 
 
 class NetworkStatus(BaseModel):
@@ -92,6 +107,25 @@ def open_client(url: str, timeout: float = TOOL_TIMEOUT) -> redis.Redis:
     return connect(url, timeout=timeout)
 
 
+def open_cluster_client(url: str, timeout: float = TOOL_TIMEOUT) -> Any:
+    """A ``RedisCluster`` for operator tools: ``url`` names one node, the others are
+    discovered. ``ValueError`` for a bad URL, ``RedisClusterException`` when no node answers."""
+    if urlsplit(url).path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    return connect_cluster(url, timeout=timeout)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def one_node(client: Any) -> Any:
+    """The client itself, or on a cluster a plain client of its default node."""
+    if not is_cluster(client):
+        return client
+    return client.get_redis_connection(client.get_default_node())
+
+
 def measure_latency(client: Any) -> float:
     """One PING round trip in milliseconds, after connecting (raises the client's error
     when Redis is unreachable)."""
@@ -102,13 +136,20 @@ def measure_latency(client: Any) -> float:
 
 
 def redis_health(client: Any, url: str) -> RedisHealth:
+    """Latency and version of Redis (of one node of a cluster, with the primaries counted)."""
     shown = redact_url(url)
     try:
-        latency = measure_latency(client)
-    except STORE_ERRORS as error:
+        node = one_node(client)
+        latency = measure_latency(node)
+        primaries = len(client.get_primaries()) if is_cluster(client) else None
+    except TOOL_ERRORS as error:
         return RedisHealth(url=shown, reachable=False, error=f"{type(error).__name__}: {error}")
     return RedisHealth(
-        url=shown, reachable=True, latency_ms=round(latency, 3), version=server_version(client)
+        url=shown,
+        reachable=True,
+        latency_ms=round(latency, 3),
+        version=server_version(node),
+        primaries=primaries,
     )
 
 
@@ -135,20 +176,39 @@ def scan_breakers(
     client: Any, prefix: str = DEFAULT_PREFIX, *, budget: int = SCAN_BUDGET
 ) -> tuple[list[str], bool]:
     """Names of breakers with a state key under ``prefix``, sorted, and whether the
-    SCAN stopped at ``budget`` keys before the end of the keyspace."""
+    SCAN stopped at ``budget`` keys before the end of the keyspace.
+
+    On a cluster each primary is scanned with an equal share of ``budget``, so one big
+    node cannot hide the breakers of the others.
+    """
+    if not is_cluster(client):
+        names, truncated = _scan_node(client, prefix, budget)
+        return sorted(names), truncated
+    primaries = client.get_primaries()
+    share = max(1, budget // max(1, len(primaries)))
+    found: set[str] = set()
+    truncated = False
+    for primary in primaries:
+        names, stopped = _scan_node(client.get_redis_connection(primary), prefix, share)
+        found |= names
+        truncated = truncated or stopped
+    return sorted(found), truncated
+
+
+def _scan_node(client: Any, prefix: str, budget: int) -> tuple[set[str], bool]:
     names: set[str] = set()
-    cursor, walked = 0, 0
+    cursor, walked, step = 0, 0, min(1000, budget)
     while True:
-        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:{{*}}:state", count=1000)
+        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:{{*}}:state", count=step)
         for key in keys:
             name = _name_from_key(key.decode() if isinstance(key, bytes) else key, prefix)
             if name is not None:
                 names.add(name)
-        walked += 1000
+        walked += step
         if int(cursor) == 0:
-            return sorted(names), False
+            return names, False
         if walked >= budget:
-            return sorted(names), True
+            return names, True
 
 
 def find_breakers(
@@ -208,8 +268,9 @@ def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -
     """Redis reachability and latency, and every breaker's state, failures and health.
 
     ``redis_or_url`` is a Redis URL (default ``$DISTBREAKER_REDIS_URL``, then
-    ``redis://localhost:6379/0``) or a client. Never raises for an unreachable Redis:
-    the answer says ``reachable=False``.
+    ``redis://localhost:6379/0``) or a client, also a ``redis.cluster.RedisCluster``
+    (every primary is scanned). Never raises for an unreachable Redis: the answer says
+    ``reachable=False``.
     """
     if redis_or_url is None or isinstance(redis_or_url, str):
         url = redis_or_url or default_redis_url()
@@ -234,6 +295,9 @@ def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -
 
 
 def _client_url(client: Any) -> str:
+    if is_cluster(client):
+        node = client.get_default_node()
+        return f"redis://{node.host}:{node.port}/0"
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"

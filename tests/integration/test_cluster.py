@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +30,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from distbreaker import AsyncBreaker, Breaker, BreakerConfig, CircuitOpenError
+from distbreaker.diagnostics import get_network_status, scan_breakers
 from distbreaker.store import breaker_keys, events_channel, script_source
 from tests.conftest import FakeClock
 
@@ -409,3 +413,81 @@ async def test_async_cached_breakers_learn_transitions_on_an_asyncio_cluster(
     finally:
         await first_client.aclose()
         await second_client.aclose()
+
+
+# -- operator tools on a cluster ----------------------------------------------------------
+
+
+def cluster_breakers(cluster_client: Any, prefix: str) -> dict[str, str]:
+    """Twelve breakers spread over every master, each with keys; ``service-0`` tripped."""
+    config = BreakerConfig(key_prefix=prefix, failure_threshold=2, consistency="strict")
+    names = [f"service-{i}" for i in range(12)]
+    for name in names:
+        Breaker(name, cluster_client, config).execute(failing, fallback=lambda: None)
+    Breaker("service-0", cluster_client, config).execute(failing, fallback=lambda: None)
+    return {name: "open" if name == "service-0" else "closed" for name in names}
+
+
+def distbreaker_on_cluster(
+    cluster: LocalCluster, prefix: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    url = f"redis://127.0.0.1:{cluster.ports[-1]}/0"  # one node: the others are discovered
+    where = ["--cluster", "--redis-url", url, "--prefix", prefix]
+    return subprocess.run(
+        [sys.executable, "-m", "distbreaker", *args, *where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+
+
+def test_status_cli_lists_breakers_from_every_master(
+    cluster: LocalCluster, cluster_client: Any
+) -> None:
+    prefix = unique_prefix()
+    expected = cluster_breakers(cluster_client, prefix)
+    owners = {
+        int(cluster_client.get_node_from_key(breaker_keys(prefix, name)[0]).port)
+        for name in expected
+    }
+    assert owners == set(cluster.masters())
+    result = distbreaker_on_cluster(cluster, prefix, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = {entry["name"]: entry["state"] for entry in json.loads(result.stdout)}
+    assert shown == expected
+
+
+def test_network_status_scans_every_primary(cluster_client: Any) -> None:
+    prefix = unique_prefix()
+    expected = cluster_breakers(cluster_client, prefix)
+    status = get_network_status(cluster_client, prefix=prefix)
+    assert status.redis.reachable
+    assert status.redis.primaries == 3
+    assert status.redis.version not in (None, "unknown")
+    assert {name: s.state for name, s in status.breakers.items()} == expected
+    assert not status.truncated
+    assert not status.healthy  # service-0 is open
+
+
+def test_the_cluster_scan_shares_its_budget_among_the_primaries(cluster_client: Any) -> None:
+    prefix = unique_prefix()
+    cluster_breakers(cluster_client, prefix)
+    names, truncated = scan_breakers(cluster_client, prefix, budget=3)
+    # one key walked per primary: a bounded look, and it says it may have missed some
+    assert truncated
+    assert len(names) <= 12
+
+
+def test_diagnose_cli_on_a_cluster_exits_0(cluster: LocalCluster, cluster_client: Any) -> None:
+    prefix = unique_prefix()
+    cluster_breakers(cluster_client, prefix)
+    result = distbreaker_on_cluster(
+        cluster, prefix, "diagnose", "--json", "--github-url", "http://127.0.0.1:1/"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["redis"]["primaries"] == 3
+    assert set(report["scripts"]) == {"admit", "record", "control", "status"}
+    assert len(report["breakers"]) == 12

@@ -171,6 +171,51 @@ def test_redis_url_comes_from_the_environment(
     assert "redis://127.0.0.1:1/5" in err
 
 
+def test_unreachable_cluster_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "status", "--cluster", "--redis-url", NOWHERE_REDIS)
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert f"cannot reach a Redis Cluster at {NOWHERE_REDIS}" in err
+
+
+def test_a_cluster_database_other_than_0_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = cli(capsys, "reset", "github", "--cluster", "--redis-url", "redis://h:1/3")
+    assert code == 2
+    assert "a Redis Cluster has only database 0" in err
+
+
+def test_cluster_mode_comes_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, embedded_url: str
+) -> None:
+    monkeypatch.setenv("DISTBREAKER_REDIS_CLUSTER", "1")
+    code, _, err = cli(capsys, "watch", "--timeout", "0.1", "--redis-url", embedded_url)
+    assert code == 1
+    assert "cannot reach a Redis Cluster" in err
+
+
+def test_diagnose_of_an_unreachable_cluster_still_reports_and_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cli(
+        capsys,
+        "diagnose",
+        "--json",
+        "--cluster",
+        "--redis-url",
+        NOWHERE_REDIS,
+        "--github-url",
+        NOWHERE,
+    )
+    assert code == 1
+    report = json.loads(out)
+    assert report["redis"]["reachable"] is False
+    assert "RedisClusterException" in report["redis"]["error"]
+    assert "is not usable for breakers" in err
+
+
 # -- every subcommand on an embedded Redis ----------------------------------------------------
 
 

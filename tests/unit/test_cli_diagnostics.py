@@ -55,6 +55,18 @@ def test_the_scan_stops_at_its_budget(redis: fakeredis.FakeRedis) -> None:
     assert scan_breakers(redis, "p") == (["late"], False)
 
 
+def test_a_budget_below_one_scan_page_still_bounds_the_scan(redis: fakeredis.FakeRedis) -> None:
+    for i in range(3000):
+        redis.set(f"filler:{i}", "x")
+    assert scan_breakers(redis, "p", budget=10) == ([], True)
+
+
+def test_a_single_redis_reports_no_primaries(redis: fakeredis.FakeRedis) -> None:
+    status = get_network_status(redis, prefix="p")
+    assert status.redis.reachable
+    assert status.redis.primaries is None
+
+
 def test_stored_config_uses_the_breakers_own_window(
     redis: fakeredis.FakeRedis, clock: FakeClock
 ) -> None:
