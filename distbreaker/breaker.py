@@ -324,15 +324,10 @@ class _BreakerBase:
         call_id = self._next_call_id()
         return self._ticket_or_refusal(self._shadow.admit(self._wall_ms(), call_id), call_id, False)
 
-    def refuses_now(self) -> bool:
-        """Whether this process already knows the breaker would refuse a call right now.
-
-        Retry loops ask this before sleeping: once the breaker has opened, waiting for the
-        next attempt only delays the fallback.
-        """
-        if not self._guard.ok:
-            return self._shadow.snapshot(self._wall_ms()).state in ("open", "forced_open")
-        return isinstance(self._cache.decide(self._local_now(), self.name), CircuitOpenError)
+    @property
+    def store_ok(self) -> bool:
+        """False while Redis is unreachable and this worker relies on its local shadow."""
+        return self._guard.ok
 
     def _verdict(self, error: Exception) -> Verdict:
         try:

@@ -67,7 +67,7 @@ class _OperationBase:
     def _worth_asking(self) -> bool:
         """Ask Redis whether the breaker opened? Not while it is unreachable: each ``status()``
         would cost a timeout, and the next attempt's local admission decides anyway."""
-        return self._shared._guard.ok  # read each time: a forked child gets a new guard
+        return self._shared.store_ok
 
     def _succeeded(self) -> None:
         if self.budget is not None:

@@ -75,18 +75,6 @@ def after_failure(
     return Retry(wait)
 
 
-def next_delay(
-    policy: RetryPolicy,
-    attempt: int,
-    verdict: Verdict,
-    elapsed: float,
-    rng: random.Random | None = None,
-) -> float | None:
-    """Seconds to wait before attempt ``attempt + 1``, or ``None`` to stop now."""
-    step = after_failure(policy, attempt, verdict, elapsed, rng)
-    return step.wait if isinstance(step, Retry) else None
-
-
 class RetryBudget:
     """Retry throttling for one process, as gRPC does it: retries stop when most calls fail.
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
 
 from distbreaker.config import BreakerConfig
 from distbreaker.core import STATES, Admission, Change, Command, Outcome, Snapshot, State
@@ -172,30 +173,31 @@ class AsyncStore(_StoreBase):
         return parse_snapshot(await self._scripts["status"](self.keys, self._args(now_ms)))
 
 
+def _breaker_grade(options: dict[str, Any], timeout: float, retry: Any) -> dict[str, Any]:
+    """Short timeouts and the given retry policy, unless the caller chose otherwise."""
+    options.setdefault("socket_timeout", timeout)
+    options.setdefault("socket_connect_timeout", timeout)
+    options.setdefault("retry", retry)
+    return options
+
+
 def connect(url: str, *, timeout: float = 0.25, **options: Any) -> redis.Redis:
     """A ``redis.Redis`` with breaker-grade settings: short timeouts and no client retries.
 
     redis-py's defaults (5 s timeouts, three retries with backoff) can stall a call for
     seconds when Redis is down; the breaker decides itself what to do on a store error.
     """
-    from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    options.setdefault("socket_timeout", timeout)
-    options.setdefault("socket_connect_timeout", timeout)
-    options.setdefault("retry", Retry(NoBackoff(), 0))
-    return redis.Redis.from_url(url, **options)
+    return redis.Redis.from_url(url, **_breaker_grade(options, timeout, Retry(NoBackoff(), 0)))
 
 
 def connect_async(url: str, *, timeout: float = 0.25, **options: Any) -> redis.asyncio.Redis:
     """The ``redis.asyncio`` twin of :func:`connect`."""
     from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
 
-    options.setdefault("socket_timeout", timeout)
-    options.setdefault("socket_connect_timeout", timeout)
-    options.setdefault("retry", Retry(NoBackoff(), 0))
-    return redis.asyncio.Redis.from_url(url, **options)
+    settings = _breaker_grade(options, timeout, Retry(NoBackoff(), 0))
+    return redis.asyncio.Redis.from_url(url, **settings)
 
 
 def connect_cluster(url: str, *, timeout: float = 0.25, **options: Any) -> Any:
@@ -203,23 +205,15 @@ def connect_cluster(url: str, *, timeout: float = 0.25, **options: Any) -> Any:
 
     One retry (not none) lets the client follow a slot that moved during a failover.
     """
-    from redis.backoff import NoBackoff
     from redis.cluster import RedisCluster
     from redis.retry import Retry
 
-    options.setdefault("socket_timeout", timeout)
-    options.setdefault("socket_connect_timeout", timeout)
-    options.setdefault("retry", Retry(NoBackoff(), 1))
-    return RedisCluster.from_url(url, **options)
+    return RedisCluster.from_url(url, **_breaker_grade(options, timeout, Retry(NoBackoff(), 1)))
 
 
 def connect_cluster_async(url: str, *, timeout: float = 0.25, **options: Any) -> Any:
     """The ``redis.asyncio.cluster.RedisCluster`` twin of :func:`connect_cluster`."""
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
 
-    options.setdefault("socket_timeout", timeout)
-    options.setdefault("socket_connect_timeout", timeout)
-    options.setdefault("retry", Retry(NoBackoff(), 1))
-    return RedisCluster.from_url(url, **options)
+    return RedisCluster.from_url(url, **_breaker_grade(options, timeout, Retry(NoBackoff(), 1)))

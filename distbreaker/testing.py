@@ -39,7 +39,7 @@ import pytest
 
 from distbreaker.breaker import Breaker
 from distbreaker.config import BreakerConfig
-from distbreaker.store import connect
+from distbreaker.store import STORE_ERRORS, connect
 from distbreaker.upstream import FlakyUpstream
 
 REDIS_URL_ENV = "DISTBREAKER_TEST_REDIS_URL"
@@ -92,9 +92,7 @@ class RedisServer:
                 client.ping()
                 client.close()
                 return self
-            except OSError:
-                time.sleep(0.05)
-            except Exception:  # redis ConnectionError while it starts
+            except STORE_ERRORS:  # not listening yet
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port}")

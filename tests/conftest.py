@@ -66,14 +66,17 @@ def consistency(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def config_for(prefix: str, consistency: str, settings: dict[str, Any]) -> BreakerConfig:
+    """The test's own key prefix and consistency mode unless a test says otherwise."""
+    return BreakerConfig(**{"key_prefix": prefix, "consistency": consistency, **settings})
+
+
 @pytest.fixture
 def make_breaker(
     client: Any, clock: FakeClock, prefix: str, consistency: str
 ) -> Callable[..., Breaker]:
     def build(name: str = "upstream", **settings: Any) -> Breaker:
-        settings.setdefault("key_prefix", prefix)
-        settings.setdefault("consistency", consistency)
-        return Breaker(name, client, BreakerConfig(**settings), clock=clock)
+        return Breaker(name, client, config_for(prefix, consistency, settings), clock=clock)
 
     return build
 
@@ -83,9 +86,8 @@ def make_async_breaker(
     async_client: Any, clock: FakeClock, prefix: str, consistency: str
 ) -> Callable[..., AsyncBreaker]:
     def build(name: str = "upstream", **settings: Any) -> AsyncBreaker:
-        settings.setdefault("key_prefix", prefix)
-        settings.setdefault("consistency", consistency)
-        return AsyncBreaker(name, async_client, BreakerConfig(**settings), clock=clock)
+        config = config_for(prefix, consistency, settings)
+        return AsyncBreaker(name, async_client, config, clock=clock)
 
     return build
 

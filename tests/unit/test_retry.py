@@ -9,7 +9,7 @@ import pytest
 
 from distbreaker import RetryPolicy
 from distbreaker.classify import FAILURE, IGNORED, Verdict, for_status, parse_retry_after
-from distbreaker.retry import GiveUp, Retry, RetryBudget, after_failure, next_delay
+from distbreaker.retry import GiveUp, Retry, RetryBudget, after_failure
 
 NOW = 1_700_000_000.0
 RATE_LIMITED = Verdict(counts=False, retryable=False, rate_limited=True, retry_after=60)
@@ -87,9 +87,8 @@ def test_attempts_start_at_one() -> None:
 
 def test_stops_after_max_attempts() -> None:
     policy = RetryPolicy(max_attempts=3, jitter=0)
-    assert next_delay(policy, 1, FAILURE, 0) == 1
-    assert next_delay(policy, 2, FAILURE, 0) == 2
-    assert next_delay(policy, 3, FAILURE, 0) is None
+    assert after_failure(policy, 1, FAILURE, 0) == Retry(1)
+    assert after_failure(policy, 2, FAILURE, 0) == Retry(2)
     assert after_failure(policy, 3, FAILURE, 0) == GiveUp("attempts used", fallback=True)
 
 
@@ -123,7 +122,6 @@ def test_retry_after_lengthens_the_wait() -> None:
 def test_retry_after_beyond_max_delay_holds_the_breaker_instead_of_sleeping() -> None:
     policy = RetryPolicy(max_attempts=5, base_delay=1, max_delay=20, jitter=0)
     assert after_failure(policy, 1, asks(90), 0) == GiveUp("retry-after too long", True, 90)
-    assert next_delay(policy, 1, asks(90), 0) is None  # never a sleep above max_delay
     greedy = after_failure(policy, 1, asks(10**9), 0)
     assert greedy == GiveUp("retry-after too long", True, 3600)  # an upstream's word is capped
 
@@ -149,8 +147,8 @@ def test_retry_after_from_a_503_in_seconds_and_as_a_date() -> None:
 
 def test_never_sleeps_past_the_deadline() -> None:
     policy = RetryPolicy(max_attempts=10, base_delay=1, jitter=0, deadline=5)
-    assert next_delay(policy, 1, FAILURE, elapsed=3.0) == 1
-    assert next_delay(policy, 2, FAILURE, elapsed=3.0) == 2  # ends exactly at the deadline
+    assert after_failure(policy, 1, FAILURE, elapsed=3.0) == Retry(1)
+    assert after_failure(policy, 2, FAILURE, elapsed=3.0) == Retry(2)  # ends at the deadline
     assert after_failure(policy, 2, FAILURE, elapsed=3.5) == GiveUp("deadline", fallback=True)
 
 
