@@ -23,12 +23,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	.ci/ensure-system-packages
 	# coverage starts before pytest, so modules the distbreaker plugin imports early count too
-	$(BIN)/python -m coverage run -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m coverage run -m pytest -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 	$(BIN)/python -m coverage report --skip-covered --sort=cover
 
-## Fast tests only: no server, no Docker.
+## Fast tests only: no server, no Docker (the behaviour suites run on fakeredis).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not docker and not cluster" tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check distbreaker tests benchmarks

@@ -80,7 +80,7 @@ def check_no_round_trips(
 
     Run it while nothing else talks to the server: the counts are server-wide.
     """
-    breaker._cache.invalidate()  # the next call asks the script: a fresh cache to start from
+    breaker._protocol.local.cache.invalidate()  # the next call asks the script: fresh cache
     with contextlib.suppress(CircuitOpenError):  # the refused case
         breaker.execute(succeed)
     before = server_commands(admin)

@@ -79,8 +79,16 @@ class LoadResult:
 
 
 class _Quiet:
+    """Only here to reach the process's shared subscriber."""
+
     def on_event(self, event: Event) -> None:
-        """Only here to reach the process's shared subscriber."""
+        """The breaker's own listener handles events."""
+
+    def on_reconnect(self) -> None:
+        """Nothing to do."""
+
+    def on_disconnect(self, error: BaseException) -> None:
+        """Nothing to do."""
 
 
 _QUIET = _Quiet()
@@ -96,7 +104,7 @@ def _prepare(client: Any, job: Job) -> Breaker:
     )
     breaker = Breaker("upstream", client, config)
     breaker.execute(lambda: None)  # subscribes and fills the cache
-    subscribe(client, events_channel(job.prefix), "upstream", _QUIET.on_event).connected.wait(10)
+    subscribe(client, events_channel(job.prefix), "upstream", _QUIET).connected.wait(10)
     return breaker
 
 

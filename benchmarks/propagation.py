@@ -41,16 +41,20 @@ def trip_config(prefix: str) -> BreakerConfig:
 class Observer:
     """Watches one breaker in one process and reports when it refuses and admits again."""
 
-    def __init__(self, breaker: Breaker, messages: Any) -> None:
+    def __init__(self, breaker: Breaker, messages: Any, mode: Mode) -> None:
         self.breaker = breaker
         self.messages = messages
+        self.mode = mode
         self.pid = os.getpid()
 
     def report(self, kind: str) -> None:
         self.messages.put((kind, self.pid, time.time_ns()))
 
     def on_event(self, event: Event) -> None:
-        """Runs on the subscriber thread, after the breaker's own listener."""
+        """Runs on the subscriber thread, after the breaker's own listener; paced observers
+        learn of transitions through their breaker alone."""
+        if self.mode == "paced":
+            return
         if event.to_state == "closed":
             self.report("closed")
             return
@@ -63,8 +67,11 @@ class Observer:
         else:
             self.report("admitted")
 
-    def ignore(self, event: Event) -> None:
-        """Paced observers learn of transitions through their breaker alone."""
+    def on_reconnect(self) -> None:
+        """Nothing to replay: the breaker's own cache refreshes itself."""
+
+    def on_disconnect(self, error: BaseException) -> None:
+        """The subscriber reconnects by itself."""
 
     def serve(self, stop: Any) -> None:
         """Paced calls until ``stop``; report each change between admitted and refused."""
@@ -88,10 +95,9 @@ def observe(url: str, prefix: str, name: str, mode: Mode, messages: Any, stop: A
     client = distbreaker.connect(url, timeout=2.0)
     breaker = Breaker(name, client, trip_config(prefix))
     breaker.execute(succeed)  # subscribes and fills the cache
-    observer = Observer(breaker, messages)
-    # the registry holds bound methods weakly; the observer lives as long as this process
-    listener = observer.on_event if mode == "listener" else observer.ignore
-    subscriber = subscribe(client, events_channel(prefix), name, listener)
+    observer = Observer(breaker, messages, mode)
+    # the registry holds listeners weakly; the observer lives as long as this process
+    subscriber = subscribe(client, events_channel(prefix), name, observer)
     subscriber.connected.wait(10)
     observer.report("ready")
     if mode == "listener":

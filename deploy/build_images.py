@@ -22,7 +22,7 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-from distbreaker.containers import (
+from distbreaker.testing.containers import (
     REDIS_IMAGE,
     build_redis_image,
     build_scratch_image,

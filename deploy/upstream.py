@@ -12,7 +12,7 @@ import signal
 import threading
 from types import FrameType
 
-from distbreaker.upstream import FlakyUpstream
+from distbreaker.testing import FlakyUpstream
 
 stopping = threading.Event()
 

@@ -1,8 +1,10 @@
 """distbreaker: one circuit breaker per upstream, shared through Redis by every worker."""
 
-from distbreaker.breaker import AsyncBreaker, Breaker, BreakerStatus
+from importlib.metadata import PackageNotFoundError, version
+
+from distbreaker.breaker import AsyncBreaker, Breaker
 from distbreaker.classify import Verdict
-from distbreaker.config import BreakerConfig, RetryPolicy
+from distbreaker.config import BreakerConfig
 from distbreaker.errors import (
     CircuitOpenError,
     DistbreakerError,
@@ -16,10 +18,14 @@ from distbreaker.operation import (
     create_async_network_operation,
     create_network_operation,
 )
-from distbreaker.retry import RetryBudget
+from distbreaker.retry import RetryBudget, RetryPolicy
+from distbreaker.status import BreakerStatus
 from distbreaker.store import connect, connect_async, connect_cluster, connect_cluster_async
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("distbreaker")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncBreaker",

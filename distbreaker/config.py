@@ -1,9 +1,8 @@
-"""Validated, immutable configuration: ``BreakerConfig`` and ``RetryPolicy``."""
+"""``BreakerConfig``: how one breaker trips, waits and recovers (validated, immutable)."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from typing import Literal
 
@@ -53,6 +52,18 @@ class BreakerConfig(BaseModel):
                 raise ValueError(f"{field} must be at least 0.001 s (keys use milliseconds)")
         return self
 
+    @property
+    def window_ms(self) -> int:
+        return round(self.window * 1000)
+
+    @property
+    def reset_timeout_ms(self) -> int:
+        return round(self.reset_timeout * 1000)
+
+    @property
+    def probe_timeout_ms(self) -> int:
+        return round(self.probe_timeout * 1000)
+
     def as_json(self) -> str:
         """The settings that shape the state machine, as stored in the state hash."""
         return json.dumps(
@@ -66,49 +77,3 @@ class BreakerConfig(BaseModel):
             },
             separators=(",", ":"),
         )
-
-
-class RetryPolicy(BaseModel):
-    """Exponential backoff with jitter, a total deadline and ``Retry-After`` support.
-
-    ``delay(n)`` is the wait after attempt ``n`` (1-based):
-    ``min(base_delay * multiplier**(n-1), max_delay)`` spread by ``± jitter`` of itself.
-    With ``full_jitter=True`` the wait is uniform in ``[0, that]`` instead (least total work).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_attempts: int = Field(3, ge=1, le=100)
-    base_delay: float = Field(1.0, ge=0)
-    max_delay: float = Field(30.0, ge=0)
-    multiplier: float = Field(2.0, ge=1.0)
-    jitter: float = Field(0.1, ge=0, le=1)
-    deadline: float | None = Field(None, gt=0)
-    full_jitter: bool = False
-    honor_retry_after: bool = True
-
-    @model_validator(mode="after")
-    def _check_delays(self) -> RetryPolicy:
-        if self.max_delay < self.base_delay:
-            raise ValueError("max_delay must be >= base_delay")
-        return self
-
-    def backoff(self, attempt: int) -> float:
-        """The wait after ``attempt`` before jitter: ``min(base·multiplier^(n-1), max_delay)``."""
-        if attempt < 1:
-            raise ValueError("attempt numbers start at 1")
-        exponent = min(attempt - 1, 1024)
-        try:
-            raw = self.base_delay * self.multiplier**exponent
-        except OverflowError:
-            raw = self.max_delay
-        return min(raw, self.max_delay)
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """The jittered wait after ``attempt``; never negative, never above ``max_delay``."""
-        backoff = self.backoff(attempt)
-        uniform = (rng or random).uniform
-        if self.full_jitter:
-            return uniform(0.0, backoff)
-        spread = self.jitter * backoff
-        return max(0.0, min(self.max_delay, backoff + uniform(-spread, spread)))

@@ -6,7 +6,6 @@ while Redis is unreachable, and the oracle the Lua scripts are property-tested a
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +19,21 @@ Outcome = Literal["success", "failure", "release"]
 Command = Literal["force_open", "force_closed", "reset", "hold_open"]
 
 STATES: tuple[State, ...] = ("closed", "open", "half_open", "forced_open", "forced_closed")
-FORCED_TTL_MS = 30 * 86_400 * 1000
+
+
+def admits_all(state: str) -> bool:
+    """Closed or forced closed: every call passes."""
+    return state == "closed" or state == "forced_closed"
+
+
+def is_forced(state: str) -> bool:
+    """A manual override (``forced_open``/``forced_closed``): only an operator ends it."""
+    return state == "forced_open" or state == "forced_closed"
+
+
+def refuses_all(state: str) -> bool:
+    """Open or forced open: every call is refused until something changes."""
+    return state == "open" or state == "forced_open"
 
 
 def failures_cap(config: BreakerConfig) -> int:
@@ -81,19 +94,6 @@ class Event:
     reason: str
     open_until_ms: int
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "name": self.name,
-                "from": self.from_state,
-                "to": self.to_state,
-                "generation": self.generation,
-                "at": self.at_ms,
-                "reason": self.reason,
-                "open_until": self.open_until_ms,
-            }
-        )
-
 
 @dataclass
 class _Data:
@@ -129,9 +129,9 @@ class BreakerModel:
         self._lock = threading.Lock()
         self._on_event = on_event
         self.events: deque[Event] = deque(maxlen=1000)
-        self._window = round(config.window * 1000)
-        self._reset = round(config.reset_timeout * 1000)
-        self._probe_timeout = round(config.probe_timeout * 1000)
+        self._window = config.window_ms
+        self._reset = config.reset_timeout_ms
+        self._probe_timeout = config.probe_timeout_ms
 
     # -- script twins ---------------------------------------------------------------
 
@@ -141,7 +141,7 @@ class BreakerModel:
             d = self._data
             if d.state == "forced_open":
                 return Admission(False, d.state, d.generation, None, False, 0)
-            if d.state in ("closed", "forced_closed"):
+            if admits_all(d.state):
                 return Admission(True, d.state, d.generation, 0, False, 0)
             if d.state == "open":
                 if now_ms < d.open_until:
@@ -205,7 +205,7 @@ class BreakerModel:
                     if hold_until > d.open_until:
                         d.open_until = hold_until
                         changed = True
-                elif d.state not in ("forced_open", "forced_closed"):
+                elif not is_forced(d.state):
                     self._open(now_ms, hold_until, text)
                     changed = True
             else:

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ValidationError
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from distbreaker.breaker import Breaker, BreakerStatus
+from distbreaker.breaker import Breaker
 from distbreaker.config import BreakerConfig, validate_name
 from distbreaker.errors import StoreUnavailableError
+from distbreaker.status import BreakerStatus
 from distbreaker.store import (
     SCRIPT_NAMES,
     STORE_ERRORS,

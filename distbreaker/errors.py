@@ -63,3 +63,8 @@ class ImageUnavailableError(DistbreakerError):
 
     def __reduce__(self) -> tuple[type[ImageUnavailableError], tuple[str, str]]:
         return (type(self), (self.image, self.cause))
+
+
+def missing_extra(extra: str, module: str) -> ImportError:
+    """The one-line error for importing ``module`` without the extra that brings its needs."""
+    return ImportError(f"{module} needs the [{extra}] extra: pip install 'distbreaker[{extra}]'")

@@ -1,8 +1,10 @@
 """Transition events: parsing, and the per-process subscriber that keeps local caches fresh.
 
-One subscriber per process, Redis client and channel, shared by all breakers using them.
-It reconnects by itself; while it is disconnected the caches fall back to their bounded
-staleness (``cache_ttl``), so nothing ever blocks a call on it.
+One subscriber per process, Redis client and channel, shared by all breakers using them
+(``subscribe``); ``distbreaker watch`` runs one of its own. It reconnects by itself and
+tells its listeners (``Listener``: ``on_event``, ``on_reconnect``, ``on_disconnect``);
+while it is disconnected the caches fall back to their bounded staleness (``cache_ttl``),
+so nothing ever blocks a call on it.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from distbreaker.core import STATES, Event
 
 logger = logging.getLogger("distbreaker")
-
-Listener = Callable[[Event], None]
 
 
 def parse_event(data: bytes | str) -> Event | None:
@@ -44,37 +43,60 @@ def parse_event(data: bytes | str) -> Event | None:
     return event
 
 
+class Listener(Protocol):
+    """What a subscriber tells the objects registered with it."""
+
+    def on_event(self, event: Event) -> None:
+        """A transition of a breaker this listener registered for."""
+
+    def on_reconnect(self) -> None:
+        """The subscription is (again) live; messages sent while it was not are lost."""
+
+    def on_disconnect(self, error: BaseException) -> None:
+        """The connection broke; the subscriber retries by itself."""
+
+
 class _Listeners:
-    """Weakly held callbacks per breaker name, so a dropped breaker unsubscribes itself."""
+    """Weakly held listeners per breaker name (``None``: every breaker), so a dropped
+    breaker unsubscribes itself. A listener that raises is logged and skipped."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_name: dict[str, list[weakref.WeakMethod[Listener]]] = {}
+        self._by_name: dict[str | None, list[weakref.ref[Listener]]] = {}
 
-    def add(self, name: str, method: Listener) -> None:
+    def add(self, name: str | None, listener: Listener) -> None:
         with self._lock:
-            self._by_name.setdefault(name, []).append(weakref.WeakMethod(method))
+            self._by_name.setdefault(name, []).append(weakref.ref(listener))
 
     def dispatch(self, event: Event) -> None:
         with self._lock:
-            refs = list(self._by_name.get(event.name, ()))
-        for ref in refs:
-            callback = ref()
-            if callback is not None:
-                callback(event)
+            refs = [*self._by_name.get(event.name, ()), *self._by_name.get(None, ())]
+        for listener in _alive(refs):
+            _safely(listener, "on_event", event)
 
-    def invalidate_all(self) -> None:
-        """Messages sent while disconnected are lost: make every cache re-ask the scripts."""
+    def reconnected(self) -> None:
         for listener in self.all():
-            owner = getattr(listener, "__self__", None)
-            invalidate = getattr(owner, "_invalidate_cache", None)
-            if invalidate is not None:
-                invalidate()
+            _safely(listener, "on_reconnect")
+
+    def disconnected(self, error: BaseException) -> None:
+        for listener in self.all():
+            _safely(listener, "on_disconnect", error)
 
     def all(self) -> list[Listener]:
         with self._lock:
             refs = [ref for group in self._by_name.values() for ref in group]
-        return [cb for cb in (ref() for ref in refs) if cb is not None]
+        return _alive(refs)
+
+
+def _alive(refs: list[weakref.ref[Listener]]) -> list[Listener]:
+    return [listener for listener in (ref() for ref in refs) if listener is not None]
+
+
+def _safely(listener: Listener, method: str, *args: object) -> None:
+    try:
+        getattr(listener, method)(*args)
+    except Exception:
+        logger.exception("distbreaker events listener %r failed in %s", listener, method)
 
 
 class _Reconnect:
@@ -100,7 +122,6 @@ class Subscriber:
         self.listeners = _Listeners()
         self.connected = threading.Event()
         self._stop = threading.Event()
-        self._on_reconnect: list[Callable[[], None]] = []
         self._thread = threading.Thread(
             target=self._run, name=f"distbreaker-events:{channel}", daemon=True
         )
@@ -117,24 +138,27 @@ class Subscriber:
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
-                self._connected()
+                self.connected.set()
+                self.listeners.reconnected()
                 backoff.reset()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message and message.get("type") == "message":
                         self._deliver(message["data"])
             except Exception as error:  # any failure: drop the connection, retry later
-                self.connected.clear()
-                logger.debug("events subscriber on %s lost: %s", self.channel, error)
+                self._lost(error)
                 self._stop.wait(backoff.next())
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()
 
-    def _connected(self) -> None:
-        self.connected.set()
-        self.listeners.invalidate_all()
+    def _lost(self, error: BaseException) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        logger.debug("events subscriber on %s lost: %s", self.channel, error)
+        if was_connected:
+            self.listeners.disconnected(error)
 
     def _deliver(self, data: bytes | str) -> None:
         event = parse_event(data)
@@ -168,7 +192,7 @@ class AsyncSubscriber:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 self.connected.set()
-                self.listeners.invalidate_all()
+                self.listeners.reconnected()
                 backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -182,8 +206,11 @@ class AsyncSubscriber:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                was_connected = self.connected.is_set()
                 self.connected.clear()
                 logger.debug("events subscriber on %s lost: %s", self.channel, error)
+                if was_connected:
+                    self.listeners.disconnected(error)
                 await asyncio.sleep(backoff.next())
             finally:
                 if pubsub is not None:
@@ -197,7 +224,8 @@ _async_registry: dict[tuple[int, int, int, str], AsyncSubscriber] = {}
 
 
 def subscribe(client: Any, channel: str, name: str, listener: Listener) -> Subscriber:
-    """Register ``listener`` for events of breaker ``name``; start the subscriber if needed."""
+    """Register ``listener`` (held weakly) for events of breaker ``name``; start this
+    process's subscriber for ``client`` and ``channel`` if needed."""
     key = (os.getpid(), id(client), channel)
     with _registry_lock:
         subscriber = _sync_registry.get(key)

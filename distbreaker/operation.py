@@ -18,18 +18,16 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio
 
-from distbreaker.breaker import AsyncBreaker, Breaker, BreakerStatus, Clock, resolve
+from distbreaker.breaker import AsyncBreaker, Breaker, ClockSource, resolve
 from distbreaker.classify import Classifier
-from distbreaker.config import BreakerConfig, RetryPolicy
+from distbreaker.config import BreakerConfig
 from distbreaker.errors import CircuitOpenError, StoreUnavailableError
-from distbreaker.retry import GiveUp, Retry, RetryBudget, after_failure
+from distbreaker.retry import GiveUp, Retry, RetryBudget, RetryPolicy, after_failure
+from distbreaker.status import BreakerStatus
 
 logger = logging.getLogger("distbreaker")
 
 T = TypeVar("T")
-
-# States in which the breaker refuses every call until something changes.
-_REFUSING = frozenset({"open", "forced_open"})
 
 
 class _OperationBase:
@@ -39,7 +37,7 @@ class _OperationBase:
         self,
         breaker: Breaker | AsyncBreaker,
         retry: RetryPolicy | None,
-        clock: Clock | None,
+        clock: ClockSource | None,
         rng: random.Random | None,
         budget: RetryBudget | None,
     ) -> None:
@@ -47,10 +45,9 @@ class _OperationBase:
             raise TypeError("retry must be a RetryPolicy")
         self.retry = retry or RetryPolicy()
         self.budget = budget
-        self._clock: Clock = clock or time.monotonic
+        self._clock: ClockSource = clock or time.monotonic
         self._rng = rng
-        self._judge = breaker._verdict  # the breaker's classifier: one opinion per error
-        self._shared = breaker
+        self._judge = breaker.classify  # the breaker's classifier: one opinion per error
 
     def _step(self, attempt: int, error: Exception, started: float) -> Retry | GiveUp:
         verdict = self._judge(error)
@@ -64,22 +61,9 @@ class _OperationBase:
             self.retry, attempt, verdict, elapsed, self._rng, budget_left=budget_left
         )
 
-    def _worth_asking(self) -> bool:
-        """Ask Redis whether the breaker opened? Not while it is unreachable: each ``status()``
-        would cost a timeout, and the next attempt's local admission decides anyway."""
-        return self._shared.store_ok
-
     def _succeeded(self) -> None:
         if self.budget is not None:
             self.budget.record_success()
-
-    @staticmethod
-    def _refusal(status: BreakerStatus | None) -> CircuitOpenError | None:
-        """The refusal the next attempt would meet, if the breaker is known to be open."""
-        if status is None or status.state not in _REFUSING:
-            return None
-        retry_after = status.time_until_reset if status.state == "open" else None
-        return CircuitOpenError(status.name, status.state, retry_after)
 
     @staticmethod
     def _log_hold(name: str, seconds: float) -> None:
@@ -104,7 +88,7 @@ class NetworkOperation(_OperationBase):
         retry: RetryPolicy | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Clock | None = None,
+        clock: ClockSource | None = None,
         rng: random.Random | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
@@ -133,7 +117,8 @@ class NetworkOperation(_OperationBase):
             except Exception as error:
                 step = self._step(attempt, error, started)
                 if isinstance(step, Retry):
-                    refusal = self._refusal(self._status_or_none())
+                    # the record reply (or an event) already said whether the breaker opened
+                    refusal = self.breaker.known_refusal()
                     if refusal is None:
                         self._sleep(step.wait)
                         continue
@@ -151,14 +136,6 @@ class NetworkOperation(_OperationBase):
     def status(self) -> BreakerStatus:
         """The breaker's status, as Redis has it."""
         return self.breaker.status()
-
-    def _status_or_none(self) -> BreakerStatus | None:
-        if not self._worth_asking():
-            return None
-        try:
-            return self.breaker.status()
-        except StoreUnavailableError:
-            return None  # the next attempt's admission decides instead
 
     def _hold(self, seconds: float) -> None:
         self._log_hold(self.breaker.name, seconds)
@@ -181,7 +158,7 @@ class AsyncNetworkOperation(_OperationBase):
         retry: RetryPolicy | None = None,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Clock | None = None,
+        clock: ClockSource | None = None,
         rng: random.Random | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
@@ -210,7 +187,7 @@ class AsyncNetworkOperation(_OperationBase):
             except Exception as error:
                 step = self._step(attempt, error, started)
                 if isinstance(step, Retry):
-                    refusal = self._refusal(await self._status_or_none())
+                    refusal = self.breaker.known_refusal()
                     if refusal is None:
                         await self._sleep(step.wait)
                         continue
@@ -228,14 +205,6 @@ class AsyncNetworkOperation(_OperationBase):
     async def status(self) -> BreakerStatus:
         """The breaker's status, as Redis has it."""
         return await self.breaker.status()
-
-    async def _status_or_none(self) -> BreakerStatus | None:
-        if not self._worth_asking():
-            return None
-        try:
-            return await self.breaker.status()
-        except StoreUnavailableError:
-            return None
 
     async def _hold(self, seconds: float) -> None:
         self._log_hold(self.breaker.name, seconds)
@@ -294,7 +263,7 @@ def create_network_operation(
     deadline: float | None = None,
     full_jitter: bool = False,
     config: BreakerConfig | None = None,
-    clock: Clock | None = None,
+    clock: ClockSource | None = None,
     sleep: Callable[[float], Any] | None = None,
     classifier: Classifier | None = None,
     retry_budget: RetryBudget | None = None,
@@ -334,7 +303,7 @@ def create_async_network_operation(
     deadline: float | None = None,
     full_jitter: bool = False,
     config: BreakerConfig | None = None,
-    clock: Clock | None = None,
+    clock: ClockSource | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     classifier: Classifier | None = None,
     retry_budget: RetryBudget | None = None,

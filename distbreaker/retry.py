@@ -1,4 +1,4 @@
-"""When to try again: backoff with jitter, ``Retry-After``, and a total deadline.
+"""When to try again: ``RetryPolicy`` (backoff with jitter, ``Retry-After``, a total deadline).
 
 Pure decisions shared by ``NetworkOperation`` and its async twin; they differ only in how
 they sleep and talk to Redis. ``after_failure`` looks at one failed attempt and answers
@@ -12,8 +12,56 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from distbreaker.classify import MAX_RATE_LIMIT_WAIT, Verdict
-from distbreaker.config import RetryPolicy
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff with jitter, a total deadline and ``Retry-After`` support.
+
+    ``delay(n)`` is the wait after attempt ``n`` (1-based):
+    ``min(base_delay * multiplier**(n-1), max_delay)`` spread by ``± jitter`` of itself.
+    With ``full_jitter=True`` the wait is uniform in ``[0, that]`` instead (least total work).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    base_delay: float = Field(1.0, ge=0)
+    max_delay: float = Field(30.0, ge=0)
+    multiplier: float = Field(2.0, ge=1.0)
+    jitter: float = Field(0.1, ge=0, le=1)
+    deadline: float | None = Field(None, gt=0)
+    full_jitter: bool = False
+    honor_retry_after: bool = True
+
+    @model_validator(mode="after")
+    def _check_delays(self) -> RetryPolicy:
+        if self.max_delay < self.base_delay:
+            raise ValueError("max_delay must be >= base_delay")
+        return self
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after ``attempt`` before jitter: ``min(base·multiplier^(n-1), max_delay)``."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        exponent = min(attempt - 1, 1024)
+        try:
+            raw = self.base_delay * self.multiplier**exponent
+        except OverflowError:
+            raw = self.max_delay
+        return min(raw, self.max_delay)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The jittered wait after ``attempt``; never negative, never above ``max_delay``."""
+        backoff = self.backoff(attempt)
+        uniform = (rng or random).uniform
+        if self.full_jitter:
+            return uniform(0.0, backoff)
+        spread = self.jitter * backoff
+        return max(0.0, min(self.max_delay, backoff + uniform(-spread, spread)))
+
 
 GiveUpReason = Literal[
     "not retryable", "attempts used", "deadline", "retry-after too long", "retry budget"

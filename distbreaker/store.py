@@ -64,11 +64,11 @@ def common_args(name: str, config: BreakerConfig) -> tuple[str, ...]:
         name,
         events_channel(config.key_prefix),
         str(config.failure_threshold),
-        str(round(config.window * 1000)),
-        str(round(config.reset_timeout * 1000)),
+        str(config.window_ms),
+        str(config.reset_timeout_ms),
         str(config.half_open_max_calls),
         str(config.success_threshold),
-        str(round(config.probe_timeout * 1000)),
+        str(config.probe_timeout_ms),
         config.as_json(),
     )
 

@@ -23,9 +23,6 @@ local s = load_state()
 if s.state == 'forced_open' then
   return { 0, s.state, s.generation, -1, 0, 0 }
 end
-if s.state == 'closed' or s.state == 'forced_closed' then
-  return { 1, s.state, s.generation, 0, 0, 0 }
-end
 if s.state == 'open' then
   if NOW < s.open_until then
     return { 0, 'open', s.generation, s.open_until - NOW, 0, s.open_until }

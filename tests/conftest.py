@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -99,3 +100,14 @@ def raise_connection_error() -> Any:
 def unreachable_redis() -> redis.Redis:
     """A client whose server does not exist: every command fails fast."""
     return distbreaker.connect("redis://127.0.0.1:1/0", timeout=0.2)
+
+
+def wait_for_subscribers(client: Any, channel: str, count: int, timeout: float = 10.0) -> None:
+    """Wait until ``count`` connections subscribe to ``channel`` (``PUBSUB NUMSUB``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [(_, subscribed)] = client.pubsub_numsub(channel)
+        if subscribed >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{count} subscribers on {channel} expected within {timeout}s")

@@ -15,7 +15,6 @@ from typing import Any, Protocol, Self, TypeVar
 
 import httpx
 
-from distbreaker.breaker import BreakerStatus
 from distbreaker.classify import classify
 from distbreaker.config import BreakerConfig
 from distbreaker.errors import CircuitOpenError, TokenUnavailableError
@@ -40,6 +39,7 @@ from distbreaker.operation import (
     create_async_network_operation,
     create_network_operation,
 )
+from distbreaker.status import BreakerStatus
 
 logger = logging.getLogger("distbreaker.github")
 

@@ -21,7 +21,9 @@ import redis
 import yaml
 
 from distbreaker.store import breaker_keys
-from distbreaker.testing import docker_unavailable, free_port, skip_or_fail
+from distbreaker.testing import free_port
+from distbreaker.testing.containers import docker_unavailable
+from distbreaker.testing.plugin import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

@@ -10,7 +10,7 @@ import distbreaker
 from distbreaker import Breaker, BreakerConfig
 from distbreaker.diagnostics import check_github, get_network_status, load_scripts
 from distbreaker.store import SCRIPT_NAMES
-from distbreaker.upstream import FlakyUpstream
+from distbreaker.testing import FlakyUpstream
 
 pytestmark = pytest.mark.integration
 

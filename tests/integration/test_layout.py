@@ -6,11 +6,12 @@ Run ``python -m tests.integration.test_layout URL`` to print the transcript for 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import shutil
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +19,7 @@ import pytest
 
 import distbreaker
 from distbreaker import Breaker, BreakerConfig
+from tests.conftest import wait_for_subscribers
 
 pytestmark = pytest.mark.integration
 
@@ -53,18 +55,16 @@ def transcript(url: str) -> str:
     subscriber = subprocess.Popen(
         [*cli, "subscribe", "distbreaker:events"], stdout=subprocess.PIPE, text=True
     )
-    time.sleep(0.3)  # let redis-cli subscribe before the trip
+    wait_for_subscribers(client, "distbreaker:events", 1)  # redis-cli listens before the trip
     breaker = Breaker("github", client, BreakerConfig(), clock=lambda: NOW)
-    breaker._worker_id = "web-1:4242:9f3a"  # stable members for the README
+    breaker._protocol.local.worker_id = "web-1:4242:9f3a"  # stable members for the README
 
     def timeout() -> None:
         raise TimeoutError("GitHub did not answer")
 
     for _ in range(5):
         breaker.execute(timeout, fallback=lambda: None)
-    time.sleep(0.3)
-    subscriber.terminate()
-    events, _ = subscriber.communicate(timeout=5)
+    events = read_until_message(subscriber)
 
     def run(*args: str) -> str:
         shown = " ".join(f"'{a}'" if "{" in a else a for a in args)
@@ -83,6 +83,20 @@ def transcript(url: str) -> str:
     client.delete(*KEYS)
     client.close()
     return "".join(parts)
+
+
+def read_until_message(subscriber: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    """``redis-cli subscribe``'s output up to the first message's payload, then stop it."""
+    stdout = subscriber.stdout
+    assert stdout is not None
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    seen: list[str] = []
+    while not seen or '"{' not in seen[-1]:
+        seen.append(lines.get(timeout=timeout))  # queue.Empty: no event arrived
+    subscriber.terminate()
+    subscriber.wait(timeout=5)
+    return "".join(seen)
 
 
 def readme_block() -> str:

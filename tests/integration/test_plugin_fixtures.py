@@ -10,7 +10,7 @@ import pytest
 
 from distbreaker import Breaker, BreakerConfig, CircuitOpenError
 from distbreaker.classify import Verdict, classify, for_status
-from distbreaker.upstream import FlakyUpstream
+from distbreaker.testing import FlakyUpstream
 
 pytestmark = pytest.mark.integration
 

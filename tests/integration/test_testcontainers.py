@@ -17,9 +17,9 @@ import redis
 
 import distbreaker
 from distbreaker import AsyncBreaker, Breaker, BreakerConfig, CircuitOpenError
-from distbreaker.containers import _parse_ldd, scratch_context
 from distbreaker.store import breaker_keys
-from distbreaker.testing import REQUIRE_DOCKER_ENV, container_url, skip_or_fail
+from distbreaker.testing.containers import _parse_ldd, container_url, scratch_context
+from distbreaker.testing.plugin import REQUIRE_DOCKER_ENV, skip_or_fail
 from tests.conftest import FakeClock
 
 STORE_TIMEOUT = 0.25

@@ -57,11 +57,11 @@ def probe_once(url: str, settings: dict[str, Any], barrier: Any, queue: Any) -> 
 
 def use_inherited_breaker(breaker: Breaker, queue: Any) -> None:
     """In a forked child: the parent's breaker must rebuild its per-process state."""
-    parent_worker = breaker._worker_id
+    parent_worker = breaker.worker_id
 
     def failing() -> None:
         raise ConnectionError("down")
 
     result = breaker.execute(failing, fallback=lambda: "fallback")
     status = breaker.status()
-    queue.put((parent_worker != breaker._worker_id, result, status.store_ok, status.failures_total))
+    queue.put((parent_worker != breaker.worker_id, result, status.store_ok, status.failures_total))

@@ -14,9 +14,10 @@ import redis
 
 import distbreaker
 from distbreaker import Breaker, BreakerConfig
-from distbreaker.breaker import BreakerStatus
 from distbreaker.cli import ago, event_line, plain_table, resets_in, run, status_row
-from distbreaker.demo import EmbeddedRedis, schedule
+from distbreaker.cli._demo import EmbeddedRedis, schedule
+from distbreaker.events import parse_event
+from distbreaker.status import BreakerStatus
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +106,12 @@ def test_event_line_shows_names_states_and_reason() -> None:
             "open_until": 1_795_000_060_000,
         }
     )
-    line = event_line(data)
-    assert line is not None
+    event = parse_event(data)
+    assert event is not None
+    line = event_line(event)
     assert "github  closed -> open  generation 3  (failure_threshold)" in line
     assert line.startswith("2026-")
-    assert event_line("not json") is None
+    assert "until " in line
 
 
 def test_demo_schedule_leaves_time_to_recover() -> None:

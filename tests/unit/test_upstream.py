@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from distbreaker.upstream import FlakyUpstream
+from distbreaker.testing import FlakyUpstream
 
 
 @pytest.fixture

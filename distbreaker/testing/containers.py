@@ -25,6 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 REDIS_IMAGE = "distbreaker/redis:local"
+REDIS_IMAGE_ENV = "DISTBREAKER_TEST_REDIS_IMAGE"
+# Only where no image can be built from the host: the engine pulls it as usual.
+PULLED_REDIS_IMAGE = "redis:7-alpine"
 REDIS_COMMAND: tuple[str, ...] = (
     "--bind",
     "0.0.0.0",  # noqa: S104 - inside the container; the engine decides what is published
@@ -226,3 +229,75 @@ def build_redis_image(
         ports=[6379],
         client=client,
     )
+
+
+def docker_unavailable() -> str | None:
+    """Why no Docker engine can be used here, or ``None`` when one answers."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker package is not installed (pip install 'distbreaker[test]')"
+    try:
+        client = docker.from_env(timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as error:  # DockerException, requests errors: all mean "no engine"
+        return f"no Docker engine answers ({type(error).__name__}: {error})"
+    return None
+
+
+def _redis_container_class() -> Any:
+    try:
+        from testcontainers.community.redis import RedisContainer
+    except ImportError:  # testcontainers before 4.10 had it at the old path
+        from testcontainers.redis import RedisContainer
+    return RedisContainer
+
+
+def _disable_unreachable_reaper() -> None:
+    """Turn off Ryuk when its image is not on the engine and the user said nothing."""
+    if "TESTCONTAINERS_RYUK_DISABLED" in os.environ:
+        return
+    import docker
+    import docker.errors
+    from testcontainers.core.config import testcontainers_config
+
+    client = docker.from_env(timeout=5)
+    try:
+        client.images.get(testcontainers_config.ryuk_image)
+    except docker.errors.ImageNotFound:
+        testcontainers_config.ryuk_disabled = True
+    finally:
+        client.close()
+
+
+def redis_test_image() -> str:
+    """``$DISTBREAKER_TEST_REDIS_IMAGE``; else an image built from the host's Linux
+    ``redis-server``; else (no binary, no ``ldd``: macOS, say) the registry's ``redis``."""
+    image = os.environ.get(REDIS_IMAGE_ENV)
+    if image:
+        return image
+    try:
+        return build_redis_image()
+    except ImageBuildError:
+        return PULLED_REDIS_IMAGE
+
+
+def start_redis_container(image: str | None = None) -> Any:
+    """A started testcontainers ``RedisContainer``; the caller must ``stop()`` it."""
+    _disable_unreachable_reaper()
+    container = _redis_container_class()(image or redis_test_image())
+    try:
+        container.start()
+    except BaseException:
+        with contextlib.suppress(Exception):  # it may never have been created
+            container.stop()
+        raise
+    return container
+
+
+def container_url(container: Any) -> str:
+    host = container.get_container_host_ip()
+    return f"redis://{host}:{container.get_exposed_port(container.port)}/0"

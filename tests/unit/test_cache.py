@@ -9,23 +9,35 @@ import pytest
 
 import distbreaker
 from distbreaker import Breaker, BreakerConfig, CircuitOpenError
-from tests.conftest import FakeClock, raise_connection_error
+from tests.conftest import FakeClock, raise_connection_error, wait_for_subscribers
 
 
 def worker(
     client: Any, clock: FakeClock, prefix: str, *, listen: bool = False, **settings: Any
 ) -> Breaker:
     """A breaker as another process would hold it; ``listen=False`` means no subscriber."""
-    breaker = Breaker("shared", client, BreakerConfig(key_prefix=prefix, **settings), clock=clock)
-    breaker._subscribed = not listen  # a dead subscriber: only cache_ttl bounds staleness
-    return breaker
+    redis = client if listen else Deaf(client)  # only cache_ttl bounds its staleness
+    return Breaker("shared", redis, BreakerConfig(key_prefix=prefix, **settings), clock=clock)
 
 
-class CountingClient:
-    """Wraps a client and counts script calls (EVALSHA/EVAL)."""
+class Deaf:
+    """A client whose pub/sub never connects: the breaker's subscriber keeps retrying."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+
+    def register_script(self, text: str) -> Any:
+        return self.inner.register_script(text)
+
+    def pubsub(self, **_: Any) -> Any:
+        raise ConnectionError("no events for this worker")
+
+
+class CountingClient(Deaf):
+    """Wraps a client and counts script calls (EVALSHA/EVAL)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
         self.scripts = 0
 
     def register_script(self, text: str) -> Any:
@@ -98,13 +110,14 @@ def test_subscriber_pushes_a_trip_to_other_processes_in_milliseconds(
     tripper = Breaker("pushed", distbreaker.connect(redis_url), config)
     follower = Breaker("pushed", distbreaker.connect(redis_url), config)
     assert follower.execute(lambda: "warm") == "warm"
-    time.sleep(0.2)  # the subscriber connects
+    assert tripper.execute(lambda: "warm") == "warm"
+    wait_for_subscribers(distbreaker.connect(redis_url), f"{prefix}:events", 2)
     tripper.execute(raise_connection_error, fallback=lambda: None)
     started = time.monotonic()
-    while follower._cache.state != "open" and time.monotonic() - started < 2:
+    while follower.known_refusal() is None and time.monotonic() - started < 2:
         time.sleep(0.001)
     elapsed = time.monotonic() - started
-    assert follower._cache.state == "open"
+    assert follower.known_refusal() is not None
     assert elapsed < 0.5
     assert follower.execute(lambda: "no", fallback=lambda: "refused") == "refused"
 
@@ -116,7 +129,8 @@ def test_killed_subscriber_reconnects_and_trips_are_still_seen(redis_url: str, p
     tripper = Breaker("killed", distbreaker.connect(redis_url), config)
     follower = Breaker("killed", distbreaker.connect(redis_url), config)
     assert follower.execute(lambda: "warm") == "warm"
-    time.sleep(0.2)
+    assert tripper.execute(lambda: "warm") == "warm"
+    wait_for_subscribers(admin, f"{prefix}:events", 2)
     admin.client_kill_filter(_type="pubsub")
     tripper.execute(raise_connection_error, fallback=lambda: None)
     started = time.monotonic()
@@ -133,17 +147,18 @@ def test_killed_subscriber_reconnects_and_trips_are_still_seen(redis_url: str, p
 def test_cache_accepts_a_lower_generation_once_stale(
     client: Any, clock: FakeClock, prefix: str
 ) -> None:
-    breaker = worker(client, clock, prefix, failure_threshold=1, reset_timeout=1)
+    counting = CountingClient(client)
+    breaker = worker(counting, clock, prefix, failure_threshold=1, reset_timeout=1)
     breaker.execute(raise_connection_error, fallback=lambda: None)  # generation 1, open
     for key in client.scan_iter(match=f"{prefix}:*"):
         client.delete(key)  # the keys expired: Redis is back at generation 0
     clock.advance(2)
     assert breaker.execute(lambda: "closed again") == "closed again"
-    assert breaker._cache.generation == 0
-    before = breaker._cache.fetched
+    assert breaker.status().generation == 0
+    before = counting.scripts
     clock.advance(0.5)
-    breaker.execute(lambda: "from the cache")
-    assert breaker._cache.fetched == before  # decided locally: no refresh was needed
+    assert breaker.execute(lambda: "from the cache") == "from the cache"
+    assert counting.scripts == before  # generation 0 was taken: decided locally
 
 
 def test_half_open_refusals_are_cached_but_probes_always_ask(

@@ -24,7 +24,7 @@ from distbreaker.breaker import Breaker
 from distbreaker.config import BreakerConfig
 from distbreaker.events import parse_event
 from distbreaker.store import STORE_ERRORS, connect, events_channel
-from distbreaker.upstream import FlakyUpstream
+from distbreaker.testing.upstream import FlakyUpstream
 
 BREAKER_NAME = "demo-upstream"
 DEMO_SETTINGS: dict[str, Any] = {"failure_threshold": 3, "reset_timeout": 2.0, "window": 10.0}

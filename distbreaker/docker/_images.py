@@ -1,29 +1,11 @@
-"""Docker images through the shared ``docker-registry`` breaker: pull, else use the local copy.
-
-``DockerImages.pull_image_with_fallback(image)`` validates the reference (no I/O before),
-pulls it through the breaker with retries, and when the registry cannot deliver it (outage,
-rate limit, refusal, not found) serves the copy the daemon already has, or raises
-``ImageUnavailableError`` naming the image and the cause.
-
-Pull deadline: the SDK's pull sends its request with no timeout at all and then blocks in
-the socket for as long as the daemon says nothing. So the low-level streaming pull runs on a
-daemon thread that hands each progress event to the caller through a queue; the caller waits
-at most until ``pull_timeout`` has passed since the pull began, whether the stream is silent
-or chatty, then raises ``PullTimeoutError``. The reader thread stops at the next event or at
-the end of the stream (closing the response cancels the daemon's pull); a stream that never
-sends anything again keeps that one idle thread parked until the daemon closes it. (A
-socket-level timeout is out of reach: ``APIClient.pull`` passes ``timeout=None`` itself.)
-"""
+"""``DockerImages``: pull through the shared breaker, else serve the daemon's local copy."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
-import re
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,66 +13,21 @@ import docker
 import docker.errors
 import requests
 
-from distbreaker.classify import FAILURE, IGNORED, Verdict, classify
 from distbreaker.config import BreakerConfig
+from distbreaker.docker._classify import (
+    PullError,
+    PullTimeoutError,
+    classify_pull_error,
+    message_of,
+)
+from distbreaker.docker._pull import PullReader, stream_error
 from distbreaker.errors import CircuitOpenError, ImageUnavailableError
 from distbreaker.operation import NetworkOperation, create_network_operation
 from distbreaker.references import ImageReference, parse_reference
 
-__all__ = [
-    "BREAKER_NAME",
-    "RATE_LIMIT_COOL_OFF",
-    "DockerImages",
-    "PullError",
-    "PullTimeoutError",
-    "PulledImage",
-    "classify_pull_error",
-    "create_registry_operation",
-]
-
 logger = logging.getLogger("distbreaker.docker")
 
 BREAKER_NAME = "docker-registry"
-# Docker Hub counts pulls over hours and names no reset time: pause the fleet for a while.
-RATE_LIMIT_COOL_OFF = 300.0
-
-_RATE_LIMITED = re.compile(r"toomanyrequests|rate limit", re.IGNORECASE)
-_NOT_AN_OUTAGE = re.compile(
-    r"manifest unknown|not found|denied|unauthorized|authentication required|forbidden"
-    r"|invalid reference format|does not exist|name unknown|no matching manifest",
-    re.IGNORECASE,
-)
-_OUTAGE = re.compile(
-    r"dial tcp|i/o timeout|no such host|connection refused|connection reset|tls handshake"
-    r"|net/http|\beof\b|service unavailable|bad gateway|gateway timeout|internal server error"
-    r"|unexpected http status: 5\d\d|context deadline exceeded|name resolution"
-    r"|network is unreachable|request canceled|broken pipe|server misbehaving",
-    re.IGNORECASE,
-)
-
-
-class PullError(Exception):
-    """The daemon reported an error inside a pull's progress stream."""
-
-    def __init__(self, image: str, message: str) -> None:
-        self.image = image
-        self.message = message
-        super().__init__(f"pulling {image!r} failed: {message}")
-
-    def __reduce__(self) -> tuple[type[PullError], tuple[str, str]]:
-        return (type(self), (self.image, self.message))
-
-
-class PullTimeoutError(TimeoutError):
-    """A pull did not finish within ``pull_timeout`` seconds."""
-
-    def __init__(self, image: str, timeout: float) -> None:
-        self.image = image
-        self.timeout = timeout
-        super().__init__(f"pulling {image!r} did not finish within {timeout:g}s")
-
-    def __reduce__(self) -> tuple[type[PullTimeoutError], tuple[str, float]]:
-        return (type(self), (self.image, self.timeout))
 
 
 # What a failed pull may raise; anything else (bad input, bugs) propagates unchanged.
@@ -112,39 +49,6 @@ class PulledImage:
     image: str
     source: Literal["registry", "local-cache"]
     id: str
-
-
-def _verdict_for_message(message: str) -> Verdict | None:
-    """The verdict for a daemon's error text about a pull, or ``None`` if the text says nothing."""
-    if _RATE_LIMITED.search(message):
-        return Verdict(
-            counts=False, retryable=False, rate_limited=True, retry_after=RATE_LIMIT_COOL_OFF
-        )
-    if _NOT_AN_OUTAGE.search(message):
-        return IGNORED
-    if _OUTAGE.search(message):
-        return FAILURE
-    return None
-
-
-def classify_pull_error(error: BaseException) -> Verdict:
-    """Registry or daemon unreachable, 5xx: outage. ``toomanyrequests``: rate limit.
-
-    Not found, denied, unauthorized, bad reference: not an outage. A timed-out pull counts
-    but is not retried (another full wait would only delay the local copy). Other stream
-    errors (a full disk, a corrupt layer) are local trouble and do not count.
-    """
-    if isinstance(error, PullTimeoutError):
-        return Verdict(counts=True, retryable=False)
-    if isinstance(error, docker.errors.StreamParseError):
-        return FAILURE
-    if isinstance(error, PullError | docker.errors.APIError):
-        verdict = _verdict_for_message(_message_of(error))
-        if verdict is not None:
-            return verdict
-        if isinstance(error, PullError):
-            return IGNORED
-    return classify(error)
 
 
 def create_registry_operation(
@@ -266,7 +170,7 @@ class DockerImages:
         image = str(reference)
         with self._daemon_contact():
             client = self._docker()
-            reader = _PullReader(
+            reader = PullReader(
                 lambda: client.api.pull(
                     reference.name, tag=reference.pull_tag, stream=True, decode=True
                 ),
@@ -275,7 +179,7 @@ class DockerImages:
             )
             try:
                 for event in reader.events():
-                    message = _stream_error(event)
+                    message = stream_error(event)
                     if message is not None:
                         raise PullError(image, message)
             finally:
@@ -358,7 +262,7 @@ def _describe_failure(error: BaseException) -> str:
     """A one-line reason for logs and ``ImageUnavailableError``."""
     if isinstance(error, CircuitOpenError):
         return f"registry pulls are paused ({error})"
-    return f"{type(error).__name__}: {_message_of(error)}"
+    return f"{type(error).__name__}: {message_of(error)}"
 
 
 def _describe_pull_failure(error: BaseException, failed_attempts: list[BaseException]) -> str:
@@ -372,76 +276,3 @@ def _describe_pull_failure(error: BaseException, failed_attempts: list[BaseExcep
     if error is not last:
         cause += f"; then {_describe_failure(error)}"
     return cause
-
-
-def _message_of(error: BaseException) -> str:
-    if isinstance(error, PullError):
-        return error.message
-    explanation = getattr(error, "explanation", None)
-    if isinstance(explanation, bytes):
-        explanation = explanation.decode("utf-8", "replace")
-    return str(explanation) if explanation else str(error)
-
-
-def _stream_error(event: Any) -> str | None:
-    """The error text of one progress event, or ``None`` for progress."""
-    if not isinstance(event, dict):
-        return None
-    detail = event.get("errorDetail")
-    error = event.get("error")
-    if detail is None and error is None:
-        return None
-    if isinstance(detail, dict) and detail.get("message"):
-        return str(detail["message"])
-    return str(error or detail or "unknown error")
-
-
-class _PullReader:
-    """Reads a pull's progress events on a daemon thread so the caller can stop waiting."""
-
-    def __init__(self, start: Callable[[], Iterable[Any]], image: str, timeout: float) -> None:
-        self._image = image
-        self._timeout = timeout
-        self._deadline = time.monotonic() + timeout
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._stopped = threading.Event()
-        thread = threading.Thread(
-            target=self._read, args=(start,), name="distbreaker-docker-pull", daemon=True
-        )
-        thread.start()
-
-    def events(self) -> Iterator[Any]:
-        """Each event as it arrives; ``PullTimeoutError`` once the deadline has passed."""
-        while True:
-            remaining = self._deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise queue.Empty
-                kind, value = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                raise PullTimeoutError(self._image, self._timeout) from None
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _read(self, start: Callable[[], Iterable[Any]]) -> None:
-        try:
-            stream = start()
-            try:
-                for event in stream:
-                    if self._stopped.is_set():
-                        return
-                    self._queue.put(("event", event))
-            finally:
-                close = getattr(stream, "close", None)
-                if callable(close):
-                    close()
-        except BaseException as error:  # handed to the waiting caller, who re-raises it
-            self._queue.put(("error", error))
-            return
-        self._queue.put(("end", None))

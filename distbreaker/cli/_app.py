@@ -1,13 +1,7 @@
-"""The ``distbreaker`` command: inspect, watch and steer shared breakers; run the demo.
-
-Tables with colour on a terminal, plain text when piped. Every problem an operator can
-cause or meet (a bad URL, an unreachable Redis, an unknown breaker) ends in one line on
-stderr and a non-zero exit: 1 for a failure, 2 for a usage error, never a traceback.
-"""
+"""The typer app: one function per ``distbreaker`` subcommand."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -15,16 +9,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from distbreaker.breaker import Breaker, BreakerStatus
+from distbreaker.breaker import Breaker
+from distbreaker.cli._render import (
+    STATE_STYLES,
+    STATUS_COLUMNS,
+    Output,
+    clock_time,
+    error_line,
+    status_row,
+)
+from distbreaker.cli._watch import Watcher
 from distbreaker.config import BreakerConfig, validate_name
 from distbreaker.diagnostics import (
     DEFAULT_PREFIX,
@@ -49,16 +48,8 @@ from distbreaker.diagnostics import (
     settings_stored,
 )
 from distbreaker.errors import StoreUnavailableError
-from distbreaker.events import parse_event
 from distbreaker.store import events_channel
 
-STATE_STYLES = {
-    "closed": "green",
-    "open": "bold red",
-    "half_open": "yellow",
-    "forced_open": "bold magenta",
-    "forced_closed": "magenta",
-}
 EXTERNAL_CHECK_TIMEOUT = 5.0
 _READ_ERRORS: tuple[type[BaseException], ...] = (*TOOL_ERRORS, StoreUnavailableError)
 
@@ -70,128 +61,6 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
-
-
-class Output:
-    """Rich tables and colour on a terminal, plain aligned text when piped."""
-
-    def __init__(self) -> None:
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.rich = self.console.is_terminal
-
-    def line(self, text: str, style: str | None = None) -> None:
-        if self.rich:
-            self.console.print(Text(text, style=style or ""))
-        else:
-            print(text, flush=True)
-
-    def table(
-        self,
-        title: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[str]],
-        styles: Sequence[Sequence[str | None]] | None = None,
-    ) -> None:
-        if self.rich:
-            table = Table(title=title or None, title_justify="left")
-            for column in columns:
-                table.add_column(column)
-            for i, row in enumerate(rows):
-                row_styles = styles[i] if styles else [None] * len(row)
-                table.add_row(
-                    *(
-                        Text(cell, style=style or "")
-                        for cell, style in zip(row, row_styles, strict=True)
-                    )
-                )
-            self.console.print(table)
-            return
-        for text in plain_table(title, columns, rows):
-            print(text)
-        sys.stdout.flush()
-
-
-def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Columns separated by two spaces, padded to the widest cell; no trailing blanks."""
-    everything = [list(columns), *[list(r) for r in rows]]
-    widths = [max(len(r[i]) for r in everything) for i in range(len(columns))]
-    lines = [f"{title}:"] if title else []
-    for row in everything:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return lines
-
-
-def error_line(message: str) -> None:
-    print(f"distbreaker: error: {message}", file=sys.stderr, flush=True)
-
-
-# -- formatting -----------------------------------------------------------------------
-
-
-def ago(moment: float | None, now: float) -> str:
-    """``"12s ago"``-style age of an epoch time; ``"never"`` for None."""
-    if moment is None:
-        return "never"
-    seconds = max(0.0, now - moment)
-    if seconds < 60:
-        return f"{seconds:.0f}s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h ago"
-    return f"{seconds / 86400:.1f}d ago"
-
-
-def resets_in(status: BreakerStatus) -> str:
-    if status.state == "open":
-        return f"{status.time_until_reset:.1f}s" if status.time_until_reset > 0 else "due"
-    if status.state == "forced_open":
-        return "manual"
-    return "-"
-
-
-def clock_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
-
-
-def status_row(status: BreakerStatus, config: BreakerConfig | None, now: float) -> list[str]:
-    """One table row; ``config`` is None while the breaker has stored no settings."""
-    threshold = "?" if config is None else str(config.failure_threshold)
-    window = BreakerConfig().window if config is None else config.window
-    return [
-        status.name,
-        status.state,
-        f"{status.failure_count}/{threshold} in {window:g}s",
-        str(status.generation),
-        resets_in(status),
-        ago(status.last_failure_at, now),
-        str(status.opens_total),
-    ]
-
-
-STATUS_COLUMNS = [
-    "BREAKER",
-    "STATE",
-    "FAILURES",
-    "GENERATION",
-    "RESETS IN",
-    "LAST FAILURE",
-    "OPENS",
-]
-
-
-def event_line(data: bytes | str) -> str | None:
-    event = parse_event(data)
-    if event is None:
-        return None
-    at = datetime.fromtimestamp(event.at_ms / 1000, UTC).isoformat(timespec="milliseconds")
-    text = f"{at.replace('+00:00', 'Z')}  {event.name}  {event.from_state} -> {event.to_state}"
-    text += f"  generation {event.generation}"
-    if event.reason:
-        text += f"  ({event.reason})"
-    if event.to_state == "open" and event.open_until_ms:
-        text += f"  until {clock_time(event.open_until_ms / 1000)}"
-    return text
 
 
 # -- connecting -------------------------------------------------------------------------
@@ -348,10 +217,15 @@ def watch(
     client = connect_checked(url, cluster)
     channel = events_channel(prefix)
     watcher = Watcher(client, channel, only, as_json)
-    watcher.subscribe()
-    print(f"watching {channel} at {redact_url(url)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    deadline = math.inf if timeout is None else time.monotonic() + timeout
     try:
+        if not watcher.wait_connected():
+            raise CliError(f"cannot subscribe to {channel} at {redact_url(url)}")
+        print(
+            f"watching {channel} at {redact_url(url)} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         seen = watcher.run(count, deadline)
     except KeyboardInterrupt:
         return
@@ -359,78 +233,6 @@ def watch(
         watcher.close()
     if count is not None and seen < count:
         raise CliError(f"timed out after {timeout:g}s with {seen} of {count} transitions")
-
-
-class Watcher:
-    """Prints transitions as they arrive; after a lost connection it subscribes again
-    (with a growing pause) and says so, since transitions meanwhile are not replayed."""
-
-    def __init__(self, client: Any, channel: str, only: str | None, as_json: bool) -> None:
-        self.client = client
-        self.channel = channel
-        self.only = only
-        self.as_json = as_json
-        self.out = Output()
-        self.pubsub: Any = None
-        self.pause = 0.5
-
-    def subscribe(self) -> None:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.channel)
-        except BaseException:
-            pubsub.close()
-            raise
-        self.pubsub = pubsub
-
-    def close(self) -> None:
-        if self.pubsub is not None:
-            with contextlib.suppress(*TOOL_ERRORS):
-                self.pubsub.close()
-            self.pubsub = None
-
-    def run(self, count: int | None, deadline: float) -> int:
-        """Print until ``count`` transitions were seen or ``deadline`` (monotonic) passed."""
-        seen = 0
-        while (count is None or seen < count) and (left := deadline - time.monotonic()) > 0:
-            if self.pubsub is None:
-                self._reconnect(left)
-                continue
-            try:
-                message = self.pubsub.get_message(timeout=min(0.5, left))
-            except TOOL_ERRORS as error:
-                print(
-                    f"lost Redis ({error}); reconnecting, transitions meanwhile are missed",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.close()
-                continue
-            seen += self._show(message)
-        return seen
-
-    def _reconnect(self, left: float) -> None:
-        try:
-            self.subscribe()
-        except TOOL_ERRORS:
-            time.sleep(min(self.pause, left))
-            self.pause = min(self.pause * 2, 5.0)
-            return
-        self.pause = 0.5
-        print("watching again", file=sys.stderr, flush=True)
-
-    def _show(self, message: dict[str, Any] | None) -> int:
-        """Print ``message`` if it is a transition we watch; 1 when printed."""
-        if not message or message.get("type") != "message":
-            return 0
-        data = message["data"]
-        event = parse_event(data)
-        if event is None or (self.only is not None and event.name != self.only):
-            return 0
-        text = data.decode() if isinstance(data, bytes) else str(data)
-        shown = text if self.as_json else (event_line(data) or text)
-        self.out.line(shown, STATE_STYLES.get(event.to_state))
-        return 1
 
 
 @app.command("open")
@@ -663,7 +465,7 @@ def demo(
 
     Without a reachable Redis, an embedded one (fakeredis) is started and stopped.
     """
-    from distbreaker.demo import run_demo
+    from distbreaker.cli._demo import run_demo
 
     url, prefix = _url(redis_url), _prefix(prefix)
     try:
@@ -713,11 +515,3 @@ def run(argv: Sequence[str] | None = None) -> int:
         error_line(f"unexpected {type(error).__name__}: {error}")
         return 1
     return int(result) if isinstance(result, int) else 0
-
-
-def main() -> None:
-    sys.exit(run())
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,209 @@
+"""What one process knows about a breaker: its clock, its copy of the state, its store back-off.
+
+None of this is shared through Redis, and none of it survives a fork: a forked child (gunicorn,
+Celery prefork) notices through ``forked_since`` and builds its own ``ProcessState``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from distbreaker.config import BreakerConfig
+from distbreaker.core import BreakerModel, Event, admits_all
+
+T = TypeVar("T")
+
+# Bumped in every forked child, so a breaker notices a fork without a syscall per call.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    """How many forks led to this process since distbreaker was imported."""
+    return _fork_generation
+
+
+class Clock:
+    """Every time a breaker reads, from one source.
+
+    With ``source=None`` (production) the scripts use the Redis server's ``TIME``, local
+    deadlines use a monotonic clock and wall times the system clock. A test passes one
+    callable (seconds) and all three follow it.
+    """
+
+    def __init__(self, source: Callable[[], float] | None = None) -> None:
+        self.source = source
+        self.monotonic: Callable[[], float] = time.perf_counter if source is None else source
+
+    def server_ms(self) -> int | None:
+        """``now_ms`` for the scripts: ``None`` lets Redis use its own clock."""
+        return None if self.source is None else int(self.source() * 1000)
+
+    def wall_ms(self) -> int:
+        """Milliseconds since the epoch, for the local shadow breaker."""
+        return int((time.time() if self.source is None else self.source()) * 1000)
+
+
+class StoreGuard:
+    """Backs off from a failing store: one timeout per back-off period, never one per call.
+
+    While the store is down, one caller at a time is let through after the back-off
+    (about a second, doubling up to ``max_delay``) to see whether it is back.
+    """
+
+    def __init__(self, base_delay: float = 1.0, max_delay: float = 10.0) -> None:
+        self._base = base_delay
+        self._max = max_delay
+        self._lock = threading.Lock()
+        self.ok = True
+        self._delay = base_delay
+        self._retry_at = 0.0
+        self._trial = False
+
+    def allow(self, now: float) -> bool:
+        with self._lock:
+            if self.ok:
+                return True
+            if not self._trial and now >= self._retry_at:
+                self._trial = True
+                return True
+            return False
+
+    def failed(self, now: float) -> bool:
+        """Note a store error; True when this starts an outage (log it once)."""
+        with self._lock:
+            started = self.ok
+            self._delay = self._base if started else min(self._delay * 2, self._max)
+            self.ok = False
+            self._trial = False
+            self._retry_at = now + self._delay
+            return started
+
+    def succeeded(self) -> bool:
+        """Note a store answer; True when this ends an outage."""
+        with self._lock:
+            ended = not self.ok
+            self.ok = True
+            self._trial = False
+            self._delay = self._base
+            return ended
+
+    def retry_in(self, now: float) -> float:
+        with self._lock:
+            return max(0.0, self._retry_at - now)
+
+
+class LocalCache(Generic[T]):
+    """This process's copy of a breaker's state, fed by script replies and events.
+
+    ``consistency="cached"`` decides from it: only closed and not-yet-due open are decided
+    locally; everything else (probes, half_open, a due open, a stale copy) goes to the
+    scripts. While the copy says closed it holds a ready ``closed_ticket`` (built by
+    ``ticket_for``), so a healthy call allocates nothing. In both modes ``refusing``
+    answers "is it known to refuse?" without a round trip.
+    """
+
+    def __init__(self, ttl: float, ticket_for: Callable[[str, int], T]) -> None:
+        self.ttl = ttl
+        self._ticket_for = ticket_for
+        self._lock = threading.Lock()
+        self.state = ""
+        self.generation = -1
+        self.due = 0.0
+        self.fetched = float("-inf")
+        self.closed_ticket: T | None = None
+
+    def _set(self, state: str, generation: int, due: float, now: float) -> None:
+        with self._lock:
+            # Out-of-order news is ignored, but a stale copy takes anything: the keys may
+            # have expired (generation back to 0) while this process held an old copy.
+            if generation < self.generation and self.fresh(now):
+                return
+            ticket = self._ticket_for(state, generation) if admits_all(state) else None
+            self.closed_ticket = ticket
+            self.state, self.generation, self.due, self.fetched = state, generation, due, now
+
+    def from_admission(
+        self, state: str, generation: int, allowed: bool, retry_after_ms: int | None, now: float
+    ) -> None:
+        wait = (retry_after_ms or 0) / 1000
+        if state == "half_open":
+            # A refused non-probe: the probes in flight decide. Refuse locally for a while
+            # instead of every caller asking the script (probes still always ask it).
+            wait = 0.0 if allowed else min(wait, self.ttl)
+        elif state != "open":
+            wait = 0.0
+        self._set(state, generation, now + wait, now)
+
+    def from_reply(
+        self, state: str, generation: int, open_until_ms: int, now_ms: int, now: float
+    ) -> None:
+        """A record or control reply: the state and, when open, its deadline."""
+        self._set(state, generation, now + max(0, open_until_ms - now_ms) / 1000, now)
+
+    def from_event(self, event: Event, now: float) -> None:
+        wait = 0.0
+        if event.to_state == "open":
+            wait = max(0, event.open_until_ms - event.at_ms) / 1000
+        self._set(event.to_state, event.generation, now + wait, now)
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.fetched = float("-inf")
+
+    def fresh(self, now: float) -> bool:
+        return self.fetched <= now < self.fetched + self.ttl
+
+    def refusing(self, now: float) -> tuple[str, float | None] | None:
+        """``(state, retry_after)`` while a fresh copy says every call is refused."""
+        # Read without the lock: the fields are replaced together under it, and a torn
+        # read can only make a decision as stale as cache_ttl allows anyway.
+        if not self.fresh(now):
+            return None
+        state = self.state
+        if state in ("open", "half_open") and now < self.due:
+            return state, round(self.due - now, 3)
+        if state == "forced_open":
+            return state, None
+        return None
+
+
+class ProcessState(Generic[T]):
+    """Everything about one breaker that belongs to this process alone."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig,
+        ticket_for: Callable[[str, int], T],
+        on_shadow_event: Callable[[Event], None],
+    ) -> None:
+        self.fork_generation = _fork_generation
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._counter = itertools.count(1)
+        self.guard = StoreGuard()
+        self.cache = LocalCache(config.cache_ttl, ticket_for)
+        self.shadow = BreakerModel(name, config, on_event=on_shadow_event)
+        self.subscribed = False
+
+    def forked(self) -> bool:
+        """True in a child forked after this state was built: it must be rebuilt."""
+        return self.fork_generation != _fork_generation
+
+    def next_call_id(self) -> str:
+        """Unique per call fleet-wide (host, pid, random, counter): a replay adds nothing."""
+        return f"{self.worker_id}:{next(self._counter)}"
