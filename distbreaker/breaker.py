@@ -10,22 +10,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, cast
 
+from distbreaker import upkeep
 from distbreaker.classify import Classifier, Verdict, classify
 from distbreaker.config import BreakerConfig, validate_name
-from distbreaker.core import Command, Outcome
+from distbreaker.core import Command, HistoryEntry, Outcome
 from distbreaker.errors import CircuitOpenError, StoreUnavailableError
 from distbreaker.events import subscribe, subscribe_async
 from distbreaker.process import Clock
-from distbreaker.protocol import Ask, CallProtocol, Ticket
+from distbreaker.protocol import Ask, CallProtocol, Ticket, Upkeep
 from distbreaker.status import BreakerStatus
-from distbreaker.store import STORE_ERRORS, AsyncStore, SyncStore, events_channel
+from distbreaker.store import STORE_ERRORS, AsyncStore, SyncStore, events_channel, printable
 
 P = ParamSpec("P")
 T = TypeVar("T")
 ClockSource = Callable[[], float]
+HISTORY_LIMIT = 1000
 
 
 class _Shell:
@@ -55,6 +57,16 @@ class _Shell:
         """This process's part of every call id (``host:pid:random``), as seen in Redis."""
         return self._protocol.local.worker_id
 
+    @property
+    def reporter(self) -> str:
+        """The reporter this process counts as for ``min_reporters`` (its host by default)."""
+        return self._protocol.reporter
+
+    @property
+    def locally_open(self) -> bool:
+        """This process refuses on its own evidence while the fleet's breaker is closed."""
+        return self._protocol.locally_open
+
     def classify(self, error: Exception) -> Verdict:
         """How this breaker judges ``error``: counted, retryable, rate limited."""
         return self._protocol.classify(error)
@@ -64,8 +76,28 @@ class _Shell:
         (the last script reply or event, or the local shadow): no Redis round trip."""
         return self._protocol.known_refusal()
 
+    @staticmethod
+    def _history_args(limit: int, since: float | None) -> tuple[int, int | None]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= HISTORY_LIMIT:
+            raise ValueError(f"limit must be an integer between 1 and {HISTORY_LIMIT}")
+        if since is None:
+            return limit, None
+        if isinstance(since, bool) or not isinstance(since, int | float) or not since >= 0:
+            raise ValueError("since must be a time in epoch seconds")
+        return limit, int(since * 1000)
+
+    @staticmethod
+    def _control_args(actor: str | None, reason: str) -> tuple[str, str]:
+        if not isinstance(reason, str) or (actor is not None and not isinstance(actor, str)):
+            raise TypeError("actor and reason must be strings")
+        return printable(actor or "", 128), printable(reason, 200)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.config.consistency}>"
+
+
+def _since(entries: list[HistoryEntry], since_ms: int | None) -> list[HistoryEntry]:
+    return entries if since_ms is None else [e for e in entries if e.at_ms >= since_ms]
 
 
 class Breaker(_Shell):
@@ -87,15 +119,17 @@ class Breaker(_Shell):
     ) -> None:
         super().__init__(name, config, clock, classifier)
         self.redis = redis
-        self._store = SyncStore(redis, self.name, self.config)
+        self._store = SyncStore(redis, self.name, self.config, self._protocol.reporter)
 
     def _process(self) -> CallProtocol:
         """The protocol, renewed (with a new store) in a forked child."""
         protocol = self._protocol
         if protocol.renew():
-            self._store = SyncStore(self.redis, self.name, self.config)
+            self._store = SyncStore(self.redis, self.name, self.config, protocol.reporter)
         if protocol.wants_subscription():
             subscribe(self.redis, self._channel, self.name, protocol.feed)
+        if protocol.wants_upkeep():
+            upkeep.register(self)
         return protocol
 
     # -- the call path --------------------------------------------------------------
@@ -109,32 +143,17 @@ class Breaker(_Shell):
             if fallback is None:
                 raise ticket
             return fallback()
-        timer = protocol.clock.monotonic
-        started = timer()
+        started = protocol.clock.monotonic()
         try:
             result = operation()
         except Exception as error:
-            after = protocol.after_error(ticket, error)
-            duration = timer() - started
-            if after.hold_open is not None:
-                self._hold(after.hold_open, "rate limited")
-                protocol.report(ticket, "rate_limited", duration)
-            else:
-                if after.outcome is not None:
-                    self._record(protocol, ticket, after.outcome)
-                protocol.report(ticket, "failure" if after.verdict.counts else "ignored", duration)
-            if after.verdict.counts and fallback is not None:
+            if self._failed(protocol, ticket, error, started) and fallback is not None:
                 return fallback()
             raise
         except BaseException:
-            if ticket.probe:
-                self._record(protocol, ticket, "release")
+            self._aborted(protocol, ticket)
             raise
-        duration = timer() - started
-        outcome = protocol.after_success(ticket, duration)
-        if outcome is not None:
-            self._record(protocol, ticket, outcome)
-        protocol.report(ticket, "slow" if outcome == "failure" else "success", duration)
+        self._succeeded(protocol, ticket, started)
         return result
 
     def __call__(self, function: Callable[P, T]) -> Callable[P, T]:
@@ -148,6 +167,29 @@ class Breaker(_Shell):
 
         return wrapper
 
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """``with breaker.guard(): ...`` for code that is not a callable.
+
+        Refused on entry with ``CircuitOpenError``; an exception inside is classified and
+        recorded as in ``execute`` and propagates; a probe's lease is always settled.
+        """
+        protocol = self._process()
+        ticket = self._admit(protocol)
+        if isinstance(ticket, CircuitOpenError):
+            protocol.report(None, "refused", None)
+            raise ticket
+        started = protocol.clock.monotonic()
+        try:
+            yield
+        except Exception as error:
+            self._failed(protocol, ticket, error, started)
+            raise
+        except BaseException:
+            self._aborted(protocol, ticket)
+            raise
+        self._succeeded(protocol, ticket, started)
+
     def _admit(self, protocol: CallProtocol) -> Ticket | CircuitOpenError:
         decided = protocol.decide_locally()
         if not isinstance(decided, Ask):
@@ -155,61 +197,156 @@ class Breaker(_Shell):
         try:
             admission = self._store.admit(protocol.clock.server_ms(), decided.call_id)
         except STORE_ERRORS as error:
+            upkeep.wake()
             return protocol.admit_failed(error)
         return protocol.admitted(admission, decided.call_id)
+
+    def _succeeded(self, protocol: CallProtocol, ticket: Ticket, started: float) -> None:
+        ended = protocol.clock.monotonic()
+        outcome = protocol.after_success(ticket, ended - started, ended)
+        if outcome is not None:
+            self._record(protocol, ticket, outcome)
+        protocol.report(ticket, "slow" if outcome == "failure" else "success", ended - started)
+
+    def _failed(
+        self, protocol: CallProtocol, ticket: Ticket, error: Exception, started: float
+    ) -> bool:
+        """Record a failed call; True when the error counts (the fallback may answer)."""
+        ended = protocol.clock.monotonic()
+        after = protocol.after_error(ticket, error, ended)
+        if after.hold_open is not None:
+            self._hold(after.hold_open, "rate limited")
+            protocol.report(ticket, "rate_limited", ended - started)
+            return False
+        if after.outcome is not None:
+            self._record(protocol, ticket, after.outcome)
+        protocol.report(ticket, "failure" if after.verdict.counts else "ignored", ended - started)
+        return after.verdict.counts
+
+    def _aborted(self, protocol: CallProtocol, ticket: Ticket) -> None:
+        if ticket.probe:
+            self._record(protocol, ticket, "release")
 
     def _record(self, protocol: CallProtocol, ticket: Ticket, outcome: Outcome) -> None:
         call_id = protocol.call_id_for(ticket)
         if not protocol.shares(ticket):
             protocol.record_locally(ticket, call_id, outcome)
             return
+        batch = protocol.batch_for_record(outcome)
         try:
             change = self._store.record(
-                protocol.clock.server_ms(), call_id, ticket.generation, outcome
+                protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
             )
         except STORE_ERRORS as error:
-            protocol.record_failed(error, ticket, call_id, outcome)
+            protocol.record_failed(error, ticket, call_id, outcome, batch)
+            upkeep.wake()
             return
-        protocol.recorded(change)
+        protocol.recorded(change, batch)
 
-    # -- status and controls --------------------------------------------------------
+    # -- status, history and controls --------------------------------------------------
 
     def status(self) -> BreakerStatus:
         """The breaker's state as Redis has it (the local shadow's while degraded)."""
         protocol = self._process()
+        if not protocol.may_ask_status():
+            return protocol.status_failed(None)
         try:
             snapshot = self._store.snapshot(protocol.clock.server_ms())
         except STORE_ERRORS as error:
+            upkeep.wake()
             return protocol.status_failed(error)
         return protocol.status(snapshot)
 
-    def force_open(self) -> None:
+    def history(self, limit: int = 100, since: float | None = None) -> list[HistoryEntry]:
+        """The last ``limit`` transitions and commands (oldest first), at or after ``since``
+        (epoch seconds) when given. Raises ``StoreUnavailableError`` while Redis is away."""
+        limit, since_ms = self._history_args(limit, since)
+        self._process()
+        try:
+            entries = self._store.history(limit)
+        except STORE_ERRORS as error:
+            raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+        return _since(entries, since_ms)
+
+    def force_open(self, *, actor: str | None = None, reason: str = "") -> None:
         """Isolate the upstream for the whole fleet until ``reset()`` or ``force_closed()``."""
-        self._control("force_open")
+        self._control("force_open", 0, reason, actor)
 
-    def force_closed(self) -> None:
+    def force_closed(self, *, actor: str | None = None, reason: str = "") -> None:
         """Disable the breaker for the whole fleet: always admit, still count failures."""
-        self._control("force_closed")
+        self._control("force_closed", 0, reason, actor)
 
-    def reset(self) -> None:
-        """Back to closed with an empty window, releasing any forced state."""
-        self._control("reset")
+    def reset(self, *, actor: str | None = None, reason: str = "") -> None:
+        """Back to closed with an empty window, releasing any forced state (and repairing
+        whatever the state hash held)."""
+        self._control("reset", 0, reason, actor)
 
-    def hold_open(self, seconds: float, reason: str = "") -> None:
-        """Open for the whole fleet until now + ``seconds`` (never shortens an open)."""
-        self._control("hold_open", CallProtocol.hold_ms(seconds), reason)
+    def hold_open(self, seconds: float, reason: str = "", *, actor: str | None = None) -> None:
+        """Open for the whole fleet until now + ``seconds`` (never shortens an open).
+
+        Without ``actor`` and for at most an hour this is a worker's own pause (an upstream
+        said when to come back), which a worker's Redis user may ask for; otherwise it is
+        an operator command (``control.lua``), recorded with its actor.
+        """
+        hold_ms = CallProtocol.hold_ms(seconds)
+        if CallProtocol.is_worker_hold(hold_ms, actor):
+            self._worker_hold(hold_ms, reason)
+        else:
+            self._control("hold_open", hold_ms, reason, actor)
 
     def _hold(self, seconds: float, reason: str) -> None:
-        with contextlib.suppress(StoreUnavailableError):  # the local shadow has it already
-            self.hold_open(seconds, reason)
+        self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
 
-    def _control(self, command: Command, hold_ms: int = 0, reason: str = "") -> None:
+    def _worker_hold(self, hold_ms: int, reason: str) -> None:
+        protocol = self._process()
+        reason = printable(reason, 200)
+        try:
+            change = self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
+        except STORE_ERRORS as error:
+            protocol.hold_failed(error, hold_ms, reason)  # the local shadow holds instead
+            upkeep.wake()
+            return
+        protocol.recorded(change)
+
+    def _control(self, command: Command, hold_ms: int, reason: str, actor: str | None) -> None:
+        actor_text, reason = self._control_args(actor, reason)
         protocol = self._process()
         try:
-            change = self._store.control(protocol.clock.server_ms(), command, hold_ms, reason)
+            change = self._store.control(
+                protocol.clock.server_ms(), command, hold_ms, reason, actor_text
+            )
         except STORE_ERRORS as error:
-            raise protocol.control_failed(error, command, hold_ms, reason) from error
+            raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
         protocol.recorded(change)
+
+    # -- background upkeep (the upkeep thread calls this) ------------------------------
+
+    def upkeep(self, final: bool = False) -> float:
+        """Send what is due off the call path; seconds until it wants to run again."""
+        protocol = self._protocol
+        plan = protocol.plan_upkeep(final)
+        try:
+            if plan.ping:
+                self._store.snapshot(protocol.clock.server_ms())
+                protocol.pinged()
+                return plan.wake_in
+            self._send(protocol, plan)
+        except STORE_ERRORS as error:
+            protocol.upkeep_failed(error, plan)
+        return plan.wake_in
+
+    def _send(self, protocol: CallProtocol, plan: Upkeep) -> None:
+        while plan.records:
+            call_id, generation, outcome = plan.records[0]
+            change = self._store.record(
+                protocol.clock.server_ms(), call_id, generation, cast(Outcome, outcome)
+            )
+            plan.records.pop(0)
+            protocol.recorded(change)
+        if plan.batch is not None:
+            report = self._store.report(protocol.clock.server_ms(), plan.batch, plan.would_refuse)
+            plan.batch = None
+            protocol.reported(report)
 
 
 class AsyncBreaker(_Shell):
@@ -226,15 +363,17 @@ class AsyncBreaker(_Shell):
     ) -> None:
         super().__init__(name, config, clock, classifier)
         self.redis = redis
-        self._store = AsyncStore(redis, self.name, self.config)
+        self._store = AsyncStore(redis, self.name, self.config, self._protocol.reporter)
 
     def _process(self) -> CallProtocol:
         """The protocol, renewed (with a new store) in a forked child."""
         protocol = self._protocol
         if protocol.renew():
-            self._store = AsyncStore(self.redis, self.name, self.config)
+            self._store = AsyncStore(self.redis, self.name, self.config, protocol.reporter)
         if protocol.wants_subscription():
             subscribe_async(self.redis, self._channel, self.name, protocol.feed)
+        if protocol.wants_upkeep():
+            upkeep.register_async(self)
         return protocol
 
     async def execute(
@@ -250,32 +389,17 @@ class AsyncBreaker(_Shell):
             if fallback is None:
                 raise ticket
             return await resolve(fallback())
-        timer = protocol.clock.monotonic
-        started = timer()
+        started = protocol.clock.monotonic()
         try:
             result = await operation()
         except Exception as error:
-            after = protocol.after_error(ticket, error)
-            duration = timer() - started
-            if after.hold_open is not None:
-                await self._hold(after.hold_open, "rate limited")
-                protocol.report(ticket, "rate_limited", duration)
-            else:
-                if after.outcome is not None:
-                    await self._record(protocol, ticket, after.outcome)
-                protocol.report(ticket, "failure" if after.verdict.counts else "ignored", duration)
-            if after.verdict.counts and fallback is not None:
+            if await self._failed(protocol, ticket, error, started) and fallback is not None:
                 return await resolve(fallback())
             raise
         except BaseException:
-            if ticket.probe:
-                await self._record(protocol, ticket, "release")
+            await self._aborted(protocol, ticket)
             raise
-        duration = timer() - started
-        outcome = protocol.after_success(ticket, duration)
-        if outcome is not None:
-            await self._record(protocol, ticket, outcome)
-        protocol.report(ticket, "slow" if outcome == "failure" else "success", duration)
+        await self._succeeded(protocol, ticket, started)
         return result
 
     def __call__(self, function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -289,6 +413,25 @@ class AsyncBreaker(_Shell):
 
         return wrapper
 
+    @contextlib.asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """``async with breaker.guard(): ...``; see :meth:`Breaker.guard`."""
+        protocol = self._process()
+        ticket = await self._admit(protocol)
+        if isinstance(ticket, CircuitOpenError):
+            protocol.report(None, "refused", None)
+            raise ticket
+        started = protocol.clock.monotonic()
+        try:
+            yield
+        except Exception as error:
+            await self._failed(protocol, ticket, error, started)
+            raise
+        except BaseException:
+            await self._aborted(protocol, ticket)
+            raise
+        await self._succeeded(protocol, ticket, started)
+
     async def _admit(self, protocol: CallProtocol) -> Ticket | CircuitOpenError:
         decided = protocol.decide_locally()
         if not isinstance(decided, Ask):
@@ -296,59 +439,150 @@ class AsyncBreaker(_Shell):
         try:
             admission = await self._store.admit(protocol.clock.server_ms(), decided.call_id)
         except STORE_ERRORS as error:
+            upkeep.wake_async()
             return protocol.admit_failed(error)
         return protocol.admitted(admission, decided.call_id)
+
+    async def _succeeded(self, protocol: CallProtocol, ticket: Ticket, started: float) -> None:
+        ended = protocol.clock.monotonic()
+        outcome = protocol.after_success(ticket, ended - started, ended)
+        if outcome is not None:
+            await self._record(protocol, ticket, outcome)
+        protocol.report(ticket, "slow" if outcome == "failure" else "success", ended - started)
+
+    async def _failed(
+        self, protocol: CallProtocol, ticket: Ticket, error: Exception, started: float
+    ) -> bool:
+        ended = protocol.clock.monotonic()
+        after = protocol.after_error(ticket, error, ended)
+        if after.hold_open is not None:
+            await self._hold(after.hold_open, "rate limited")
+            protocol.report(ticket, "rate_limited", ended - started)
+            return False
+        if after.outcome is not None:
+            await self._record(protocol, ticket, after.outcome)
+        protocol.report(ticket, "failure" if after.verdict.counts else "ignored", ended - started)
+        return after.verdict.counts
+
+    async def _aborted(self, protocol: CallProtocol, ticket: Ticket) -> None:
+        if ticket.probe:
+            await self._record(protocol, ticket, "release")
 
     async def _record(self, protocol: CallProtocol, ticket: Ticket, outcome: Outcome) -> None:
         call_id = protocol.call_id_for(ticket)
         if not protocol.shares(ticket):
             protocol.record_locally(ticket, call_id, outcome)
             return
+        batch = protocol.batch_for_record(outcome)
         try:
             change = await self._store.record(
-                protocol.clock.server_ms(), call_id, ticket.generation, outcome
+                protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
             )
         except STORE_ERRORS as error:
-            protocol.record_failed(error, ticket, call_id, outcome)
+            protocol.record_failed(error, ticket, call_id, outcome, batch)
+            upkeep.wake_async()
             return
-        protocol.recorded(change)
+        protocol.recorded(change, batch)
 
     async def status(self) -> BreakerStatus:
         """The breaker's state as Redis has it (the local shadow's while degraded)."""
         protocol = self._process()
+        if not protocol.may_ask_status():
+            return protocol.status_failed(None)
         try:
             snapshot = await self._store.snapshot(protocol.clock.server_ms())
         except STORE_ERRORS as error:
+            upkeep.wake_async()
             return protocol.status_failed(error)
         return protocol.status(snapshot)
 
-    async def force_open(self) -> None:
+    async def history(self, limit: int = 100, since: float | None = None) -> list[HistoryEntry]:
+        """See :meth:`Breaker.history`."""
+        limit, since_ms = self._history_args(limit, since)
+        self._process()
+        try:
+            entries = await self._store.history(limit)
+        except STORE_ERRORS as error:
+            raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
+        return _since(entries, since_ms)
+
+    async def force_open(self, *, actor: str | None = None, reason: str = "") -> None:
         """Isolate the upstream for the whole fleet until ``reset()`` or ``force_closed()``."""
-        await self._control("force_open")
+        await self._control("force_open", 0, reason, actor)
 
-    async def force_closed(self) -> None:
+    async def force_closed(self, *, actor: str | None = None, reason: str = "") -> None:
         """Disable the breaker for the whole fleet: always admit, still count failures."""
-        await self._control("force_closed")
+        await self._control("force_closed", 0, reason, actor)
 
-    async def reset(self) -> None:
+    async def reset(self, *, actor: str | None = None, reason: str = "") -> None:
         """Back to closed with an empty window, releasing any forced state."""
-        await self._control("reset")
+        await self._control("reset", 0, reason, actor)
 
-    async def hold_open(self, seconds: float, reason: str = "") -> None:
-        """Open for the whole fleet until now + ``seconds`` (never shortens an open)."""
-        await self._control("hold_open", CallProtocol.hold_ms(seconds), reason)
+    async def hold_open(
+        self, seconds: float, reason: str = "", *, actor: str | None = None
+    ) -> None:
+        """Open for the whole fleet until now + ``seconds``; see :meth:`Breaker.hold_open`."""
+        hold_ms = CallProtocol.hold_ms(seconds)
+        if CallProtocol.is_worker_hold(hold_ms, actor):
+            await self._worker_hold(hold_ms, reason)
+        else:
+            await self._control("hold_open", hold_ms, reason, actor)
 
     async def _hold(self, seconds: float, reason: str) -> None:
-        with contextlib.suppress(StoreUnavailableError):  # the local shadow has it already
-            await self.hold_open(seconds, reason)
+        await self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
 
-    async def _control(self, command: Command, hold_ms: int = 0, reason: str = "") -> None:
+    async def _worker_hold(self, hold_ms: int, reason: str) -> None:
+        protocol = self._process()
+        reason = printable(reason, 200)
+        try:
+            change = await self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
+        except STORE_ERRORS as error:
+            protocol.hold_failed(error, hold_ms, reason)
+            upkeep.wake_async()
+            return
+        protocol.recorded(change)
+
+    async def _control(
+        self, command: Command, hold_ms: int, reason: str, actor: str | None
+    ) -> None:
+        actor_text, reason = self._control_args(actor, reason)
         protocol = self._process()
         try:
-            change = await self._store.control(protocol.clock.server_ms(), command, hold_ms, reason)
+            change = await self._store.control(
+                protocol.clock.server_ms(), command, hold_ms, reason, actor_text
+            )
         except STORE_ERRORS as error:
-            raise protocol.control_failed(error, command, hold_ms, reason) from error
+            raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
         protocol.recorded(change)
+
+    async def upkeep(self, final: bool = False) -> float:
+        """Send what is due off the call path; seconds until it wants to run again."""
+        protocol = self._protocol
+        plan = protocol.plan_upkeep(final)
+        try:
+            if plan.ping:
+                await self._store.snapshot(protocol.clock.server_ms())
+                protocol.pinged()
+                return plan.wake_in
+            await self._send(protocol, plan)
+        except STORE_ERRORS as error:
+            protocol.upkeep_failed(error, plan)
+        return plan.wake_in
+
+    async def _send(self, protocol: CallProtocol, plan: Upkeep) -> None:
+        while plan.records:
+            call_id, generation, outcome = plan.records[0]
+            change = await self._store.record(
+                protocol.clock.server_ms(), call_id, generation, cast(Outcome, outcome)
+            )
+            plan.records.pop(0)
+            protocol.recorded(change)
+        if plan.batch is not None:
+            report = await self._store.report(
+                protocol.clock.server_ms(), plan.batch, plan.would_refuse
+            )
+            plan.batch = None
+            protocol.reported(report)
 
 
 async def resolve(value: T | Awaitable[T]) -> T:

@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from distbreaker.breaker import Breaker
-from distbreaker.config import BreakerConfig, validate_name
+from distbreaker.config import SHARED_FIELDS, BreakerConfig, validate_name
 from distbreaker.errors import StoreUnavailableError
 from distbreaker.status import BreakerStatus
 from distbreaker.store import (
@@ -44,15 +44,6 @@ TOOL_TIMEOUT = 2.0
 # A cluster client raises RedisClusterException (not a RedisError) when no node answers.
 TOOL_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, RedisClusterException)
 _READ_ERRORS: tuple[type[BaseException], ...] = (*TOOL_ERRORS, StoreUnavailableError)
-# The config fields stored in the state hash that shape what status reads.
-_STORED_FIELDS = (
-    "failure_threshold",
-    "window",
-    "reset_timeout",
-    "half_open_max_calls",
-    "success_threshold",
-    "probe_timeout",
-)
 
 
 class RedisHealth(BaseModel):
@@ -243,7 +234,7 @@ def stored_config(client: Any, prefix: str, name: str) -> BreakerConfig:
         except ValueError:
             stored = {}
         if isinstance(stored, dict):
-            settings = {k: v for k, v in stored.items() if k in _STORED_FIELDS}
+            settings = {k: v for k, v in stored.items() if k in SHARED_FIELDS}
     try:
         return BreakerConfig(key_prefix=prefix, on_store_error="raise", **settings)
     except ValidationError:

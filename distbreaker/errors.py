@@ -18,23 +18,42 @@ and ``distbreaker.docker.PullTimeoutError`` (``pull_timeout`` passed).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DistbreakerError(Exception):
     """Base class of every error raised by distbreaker."""
 
 
 class CircuitOpenError(DistbreakerError):
-    """The breaker refused the call without touching the upstream."""
+    """The breaker refused the call without touching the upstream.
 
-    def __init__(self, name: str, state: str, retry_after: float | None = None) -> None:
+    ``locally``: this process refused on its own evidence while the fleet's breaker is
+    closed (too few reporters fail for the fleet to open).
+    """
+
+    def __init__(
+        self, name: str, state: str, retry_after: float | None = None, *, locally: bool = False
+    ) -> None:
         self.name = name
         self.state = state
         self.retry_after = retry_after
+        self.locally = locally
         when = "" if retry_after is None else f"; retry in {retry_after:.3f}s"
-        super().__init__(f"circuit {name!r} is {state}{when}")
+        where = " (locally)" if locally else ""
+        super().__init__(f"circuit {name!r} is {state}{where}{when}")
 
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, str, float | None]]:
-        return (type(self), (self.name, self.state, self.retry_after))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_refusal,
+            (type(self), self.name, self.state, self.retry_after, self.locally),
+        )
+
+
+def _rebuild_refusal(
+    kind: type[CircuitOpenError], name: str, state: str, retry_after: float | None, locally: bool
+) -> CircuitOpenError:
+    return kind(name, state, retry_after, locally=locally)
 
 
 class StoreUnavailableError(DistbreakerError):

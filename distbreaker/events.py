@@ -18,29 +18,58 @@ import threading
 import weakref
 from typing import Any, Protocol
 
+from distbreaker.config import validate_name
 from distbreaker.core import STATES, Event
 
 logger = logging.getLogger("distbreaker")
 
 
+MAX_MESSAGE = 4096  # bytes: our events are a few hundred
+_MAX_INT = 2**53 - 1
+
+
+def _bounded(value: object) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # some Lua JSON encoders write integers as floats
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
+        raise ValueError(f"not a bounded integer: {value!r:.40}")
+    return value
+
+
+def _short_text(value: object, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise ValueError("not a short printable text")
+    return value
+
+
 def parse_event(data: bytes | str) -> Event | None:
-    """An ``Event`` from a channel message, or ``None`` if it is not one of ours."""
+    """An ``Event`` from a channel message, or ``None`` (one debug line) when it is not one.
+
+    Anyone who may publish can write to the channel: every field is checked (known
+    states, a valid breaker name, bounded integers, short printable texts).
+    """
     try:
+        if len(data) > MAX_MESSAGE:
+            raise ValueError(f"{len(data)} bytes")
         raw = json.loads(data)
-        event = Event(
-            name=str(raw["name"]),
-            from_state=raw["from"],
-            to_state=raw["to"],
-            generation=int(raw["generation"]),
-            at_ms=int(raw["at"]),
-            reason=str(raw.get("reason", "")),
-            open_until_ms=int(raw.get("open_until", 0)),
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        from_state, to_state = raw["from"], raw["to"]
+        if from_state not in STATES or to_state not in STATES:
+            raise ValueError("unknown state")
+        return Event(
+            name=validate_name(raw["name"]),
+            from_state=from_state,
+            to_state=to_state,
+            generation=_bounded(raw["generation"]),
+            at_ms=_bounded(raw["at"]),
+            reason=_short_text(raw.get("reason", ""), 200),
+            open_until_ms=_bounded(raw.get("open_until", 0)),
+            actor=_short_text(raw.get("actor", ""), 128),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        logger.debug("event ignored (%s): %r", error, data[:120])
         return None
-    if event.to_state not in STATES or event.from_state not in STATES:
-        return None
-    return event
 
 
 class Listener(Protocol):

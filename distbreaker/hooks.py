@@ -16,7 +16,9 @@ from distbreaker.core import Event
 
 logger = logging.getLogger("distbreaker")
 
-CallOutcome = Literal["success", "failure", "slow", "ignored", "rate_limited", "refused"]
+CallOutcome = Literal[
+    "success", "failure", "slow", "ignored", "rate_limited", "refused", "would_refuse"
+]
 
 
 @dataclass(frozen=True, slots=True)

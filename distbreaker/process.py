@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from distbreaker.config import BreakerConfig
-from distbreaker.core import BreakerModel, Event, admits_all
+from distbreaker.config import BreakerConfig, reporter_name
+from distbreaker.core import BreakerModel, Event, admits_all, parse_batch
 
 T = TypeVar("T")
 
@@ -155,10 +155,23 @@ class LocalCache(Generic[T]):
         """A record or control reply: the state and, when open, its deadline."""
         self._set(state, generation, now + max(0, open_until_ms - now_ms) / 1000, now)
 
-    def from_event(self, event: Event, now: float) -> None:
+    def from_event(self, event: Event, now: float, wall_ms: int) -> None:
+        """News from the events channel, which anyone who can publish can forge.
+
+        Only refusing news is taken as it is: a forged ``open`` costs at most ``cache_ttl``
+        of refusals. Any other transition just sends the next call to the script. The
+        deadline of an ``open`` is anchored at the event's own time (and never beyond the
+        host's clock), so a late delivery does not lengthen it.
+        """
+        if event.to_state not in ("open", "forced_open"):
+            self.invalidate()
+            return
+        if event.generation <= self.generation and self.fresh(now):
+            return  # nothing newer than what this process already knows
         wait = 0.0
         if event.to_state == "open":
-            wait = max(0, event.open_until_ms - event.at_ms) / 1000
+            left = min(event.open_until_ms - event.at_ms, event.open_until_ms - wall_ms)
+            wait = max(0, left) / 1000
         self._set(event.to_state, event.generation, now + wait, now)
 
     def invalidate(self) -> None:
@@ -182,6 +195,150 @@ class LocalCache(Generic[T]):
         return None
 
 
+class Counts:
+    """This process's calls and retries in one-second buckets, until they are reported.
+
+    ``take`` hands the batch to a report (``"age_ms:calls:retries;..."``); ``give_back``
+    returns it when the report failed, so nothing is lost to one store error. Buckets older
+    than ``window`` are dropped: they would be pruned by Redis anyway.
+    """
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._lock = threading.Lock()
+        self._buckets: dict[int, list[int]] = {}
+        self.would_refuse = 0
+        self.sequence = 0
+
+    def add_call(self, now: float) -> None:
+        with self._lock:
+            bucket = self._buckets.get(int(now))
+            if bucket is None:
+                self._buckets[int(now)] = [1, 0]
+            else:
+                bucket[0] += 1
+
+    def add_retry(self, now: float) -> None:
+        with self._lock:
+            self._buckets.setdefault(int(now), [0, 0])[1] += 1
+
+    def add_would_refuse(self) -> None:
+        with self._lock:
+            self.would_refuse += 1
+
+    def pending(self) -> bool:
+        return bool(self._buckets) or self.would_refuse > 0
+
+    def take(self, now: float) -> tuple[str, int, int]:
+        """The batch (counts, sequence number, would-refuse count); empties this copy."""
+        with self._lock:
+            buckets, self._buckets = self._buckets, {}
+            refused, self.would_refuse = self.would_refuse, 0
+            self.sequence += 1
+            sequence = self.sequence
+        items = []
+        for second, (calls, retries) in sorted(buckets.items()):
+            age = now - second
+            if age <= self._window:
+                items.append(f"{max(0, round(age * 1000))}:{calls}:{retries}")
+        return ";".join(items), sequence, refused
+
+    def give_back(self, batch: str, refused: int, now: float) -> None:
+        """A batch that did not reach Redis: merge it back (ages are relative to ``now``)."""
+        with self._lock:
+            self.would_refuse += refused
+            for age, calls, retries in parse_batch(batch):
+                bucket = self._buckets.setdefault(int(now - age / 1000), [0, 0])
+                bucket[0] += calls
+                bucket[1] += retries
+
+
+class LocalTrip:
+    """This process refusing on its own while the fleet stays closed (a lone sick reporter).
+
+    ``open`` for ``reset_timeout``; then one probe at a time decides: success closes it,
+    failure opens it again. Thread-safe; checked without the lock on the hot path.
+    """
+
+    def __init__(self, config: BreakerConfig) -> None:
+        self._config = config
+        self._reset = config.reset_timeout
+        self._lock = threading.Lock()
+        self.active = False
+        self.until = 0.0
+        self.probing = False
+        self._seconds: dict[int, list[int]] = {}  # this process's own calls and failures
+
+    def note(self, now: float, failed: bool) -> None:
+        """One call this process made (counted only where a quorum is configured)."""
+        with self._lock:
+            second = self._seconds.setdefault(int(now), [0, 0])
+            second[0] += 1
+            second[1] += failed
+
+    def rule_met(self, now: float) -> bool:
+        """Would this process's own calls inside the window open the breaker?"""
+        config = self._config
+        floor = int(now - config.window)
+        with self._lock:
+            for second in [s for s in self._seconds if s < floor]:
+                del self._seconds[second]
+            calls = sum(c for c, _ in self._seconds.values())
+            failures = sum(f for _, f in self._seconds.values())
+        if config.failure_rate_threshold is None:
+            return failures >= config.failure_threshold
+        return calls >= config.minimum_calls and failures >= config.failure_rate_threshold * calls
+
+    def open(self, now: float) -> bool:
+        """Start (or restart) the local open; True when it was not open before."""
+        with self._lock:
+            started = not self.active
+            self.active, self.until, self.probing = True, now + self._reset, False
+            return started
+
+    def close(self) -> bool:
+        with self._lock:
+            ended = self.active
+            self.active, self.probing = False, False
+            return ended
+
+    def admit(self, now: float) -> tuple[bool, bool, float]:
+        """``(allowed, probe, retry_after)`` while locally open."""
+        with self._lock:
+            if now < self.until:
+                return False, False, round(self.until - now, 3)
+            if self.probing:
+                return False, False, 0.0
+            self.probing = True
+            return True, True, 0.0
+
+    def probe_done(self) -> None:
+        with self._lock:
+            self.probing = False
+
+
+class PendingRecords:
+    """Probe outcomes Redis did not take: retried by the background upkeep once it answers,
+    so one store error never keeps a probe lease (and the fleet) waiting ``probe_timeout``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[str, int, str, float]] = []
+
+    def add(self, call_id: str, generation: int, outcome: str, expires: float) -> None:
+        with self._lock:
+            self._items.append((call_id, generation, outcome, expires))
+
+    def take(self, now: float) -> list[tuple[str, int, str]]:
+        """The outcomes still worth sending (leases past their expiry free themselves)."""
+        with self._lock:
+            items, self._items = self._items, []
+        return [(c, g, o) for c, g, o, expires in items if now < expires]
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+
 class ProcessState(Generic[T]):
     """Everything about one breaker that belongs to this process alone."""
 
@@ -193,12 +350,24 @@ class ProcessState(Generic[T]):
         on_shadow_event: Callable[[Event], None],
     ) -> None:
         self.fork_generation = _fork_generation
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        host = socket.gethostname()
+        self.worker_id = f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.reporter = reporter_name(
+            config.reporter_id
+            or (f"{host}:{os.getpid()}" if config.reporter_scope == "process" else host)
+        )
         self._counter = itertools.count(1)
         self.guard = StoreGuard()
         self.cache = LocalCache(config.cache_ttl, ticket_for)
-        self.shadow = BreakerModel(name, config, on_event=on_shadow_event)
+        # Alone, this process is its only reporter: a quorum would never let it open.
+        shadow_config = config.model_copy(update={"min_reporters": 1})
+        self.shadow = BreakerModel(name, shadow_config, on_event=on_shadow_event)
+        self.counts = Counts(config.window)
+        self.local_trip = LocalTrip(config)
+        self.pending = PendingRecords()
         self.subscribed = False
+        self.upkeep_started = False
+        self.conflict_warned = False
 
     def forked(self) -> bool:
         """True in a child forked after this state was built: it must be rebuilt."""

@@ -1,7 +1,7 @@
 -- distbreaker admit: may this call go to the upstream?
 --
--- KEYS: [1] state HASH  [2] failures ZSET  [3] probes ZSET   (one hash tag: one slot)
--- ARGV: [1..10] common (see _lib.lua)  [11] call id, unique per call
+-- KEYS: [1] state  [2] failures  [3] probes  [4] history  [5] calls  [6] reporters
+-- ARGV: [1..7] common (see _lib.lua)  [8] call id, unique per call
 -- Reply: { allowed 0|1, state, generation, retry_after_ms (-1 = unknown), probe 0|1,
 --          open_until_ms }
 --
@@ -9,19 +9,37 @@
 -- first caller moves the breaker to half_open. half_open hands out at most
 -- half_open_max_calls probe leases; a lease expires after probe_timeout so a crashed
 -- prober frees its slot. The call id is the lease member, so a replay takes no new slot.
+-- With enforce=0 (dry run) the same decisions are made and reported, but the caller
+-- decides to go ahead anyway.
 
--- Fast path, before the shared definitions (and their TIME call): a closed breaker admits
--- with one HMGET. This is every healthy call in consistency="strict".
+-- Fast path, before the shared definitions (and their TIME call): a closed breaker with a
+-- readable generation and a TTL admits with one HMGET and one PTTL. This is every healthy
+-- call in consistency="strict". Anything else goes the long way, which repairs.
 local quick = redis.call('HMGET', KEYS[1], 'state', 'generation')
-if not quick[1] or quick[1] == 'closed' or quick[1] == 'forced_closed' then
-  return { 1, quick[1] or 'closed', tonumber(quick[2] or '0'), 0, 0, 0 }
+if not quick[1] then
+  return { 1, 'closed', 0, 0, 0, 0 }
+end
+if quick[1] == 'closed' or quick[1] == 'forced_closed' then
+  local generation = tonumber(quick[2] or '0')
+  if generation and generation >= 0 and generation <= 9007199254740991
+      and math.floor(generation) == generation and redis.call('PTTL', KEYS[1]) >= 0 then
+    return { 1, quick[1], generation, 0, 0, 0 }
+  end
 end
 --!include _lib.lua
-local CALL_ID = ARGV[11]
+local CALL_ID = ARGV[8]
 local s = load_state()
+if #s.bad > 0 then
+  repair(s)
+elseif redis.call('PTTL', K_STATE) == -1 then
+  touch(s)  -- written by hand without an expiry: give it one
+end
 
 if s.state == 'forced_open' then
   return { 0, s.state, s.generation, -1, 0, 0 }
+end
+if s.state == 'closed' or s.state == 'forced_closed' then
+  return { 1, s.state, s.generation, 0, 0, 0 }
 end
 if s.state == 'open' then
   if NOW < s.open_until then

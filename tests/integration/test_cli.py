@@ -92,6 +92,7 @@ def test_status_json_equals_the_breakers_own_status(
     [shown] = json.loads(result.stdout)
     own = breaker.status().model_dump(mode="json")
     assert abs(shown.pop("time_until_reset") - own.pop("time_until_reset")) < 2
+    assert abs(shown.pop("since") - own.pop("since")) < 2
     assert shown == own
     assert shown["state"] == "open"
     assert shown["failure_count"] == 3

@@ -489,5 +489,5 @@ def test_diagnose_cli_on_a_cluster_exits_0(cluster: LocalCluster, cluster_client
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["redis"]["primaries"] == 3
-    assert set(report["scripts"]) == {"admit", "record", "control", "status"}
+    assert set(report["scripts"]) == {"admit", "record", "report", "control", "status"}
     assert len(report["breakers"]) == 12

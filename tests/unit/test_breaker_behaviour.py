@@ -187,7 +187,7 @@ def test_hold_open_then_probe(make_breaker: Callable[..., Breaker], clock: FakeC
     clock.advance(1)
     assert breaker.execute(lambda: 1, fallback=lambda: 0) == 1
     assert breaker.status().state == "closed"
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="between 0 and"):
         breaker.hold_open(-1)
 
 

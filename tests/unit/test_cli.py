@@ -243,7 +243,7 @@ def test_status_json_matches_the_breakers_own_status(
     assert code == 0
     [shown] = json.loads(out)
     own = breaker.status().model_dump(mode="json")
-    for field in ("time_until_reset",):
+    for field in ("time_until_reset", "since"):
         assert abs(shown.pop(field) - own.pop(field)) < 1.0
     assert shown == own
 
@@ -319,7 +319,7 @@ def test_diagnose_reports_redis_scripts_and_breakers(
     assert code == 0
     report = json.loads(out)
     assert report["redis"]["reachable"] is True
-    assert set(report["scripts"]) == {"admit", "record", "control", "status"}
+    assert set(report["scripts"]) == {"admit", "record", "report", "control", "status"}
     assert [b["state"] for b in report["breakers"]] == ["open"]
     github = next(s for s in report["services"] if s["name"] == "github")
     assert github["ok"] is False
