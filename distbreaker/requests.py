@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 try:
     import requests
     from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
-    from urllib3.exceptions import LocationParseError
-    from urllib3.util import Retry, parse_url
+    from urllib3.util import Retry
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "distbreaker.requests needs requests: pip install 'distbreaker[requests]'"
@@ -163,16 +163,17 @@ class BreakerAdapter(HTTPAdapter):
             return rule
         if rule is not None:
             return validate_name(rule(request))
-        try:
-            url = parse_url(request.url or "")
-        except LocationParseError:
+        try:  # the stdlib's parser: a third of urllib3's cost, and requests normalised the URL
+            url = urlsplit(request.url or "")
+            scheme, host, port = url.scheme, url.hostname, url.port
+        except ValueError:
             # the message would echo the URL, and with it any credentials in it
             raise requests.exceptions.InvalidURL(
                 "request URL cannot be parsed", request=request
             ) from None
-        if not url.host:
+        if not host:
             raise requests.exceptions.InvalidURL("request URL has no host", request=request)
-        return upstream_name(url.scheme or "", url.host, url.port)
+        return upstream_name(scheme, host, port)
 
     def _judged(self, response: requests.Response, name: str) -> requests.Response:
         """``response`` if the breaker has nothing to record; else raise it out of ``execute``."""
