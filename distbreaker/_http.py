@@ -25,6 +25,8 @@ logger = logging.getLogger("distbreaker")
 
 B = TypeVar("B")
 
+Clock = Callable[[], float]  # seconds; the breakers' clock, for tests
+
 DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 
 ResponseClassifier = Callable[[int, Mapping[str, str]], "Verdict | bool"]
@@ -117,6 +119,19 @@ def response_verdict(
     if verdict.rate_limited and verdict.retry_after is not None and verdict.retry_after <= 0:
         return IGNORED  # "Retry-After: 0" asks nobody to wait: nothing to hold open
     return verdict
+
+
+def record_through_breaker(
+    classifier: ResponseClassifier,
+    response: object,
+    status: int,
+    headers: Mapping[str, str],
+    name: str,
+) -> None:
+    """Raise ``CountedResponse`` when the breaker must record ``response``; else nothing."""
+    verdict = response_verdict(classifier, status, headers, name)
+    if verdict.counts or verdict.rate_limited:
+        raise CountedResponse(response, verdict)
 
 
 def error_classifier(classifier: Classifier | None) -> Classifier:

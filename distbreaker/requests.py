@@ -34,20 +34,20 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "distbreaker.requests needs requests: pip install 'distbreaker[requests]'"
     ) from error
 
+from distbreaker import Breaker, BreakerConfig, CircuitOpenError
 from distbreaker._http import (
     DEFAULT_RESPONSE_CLASSIFIER,
     Breakers,
+    Clock,
     CountedResponse,
     ResponseClassifier,
     check_name_rule,
     error_classifier,
-    response_verdict,
+    record_through_breaker,
     upstream_name,
 )
-from distbreaker.breaker import Breaker, Clock
 from distbreaker.classify import Classifier
-from distbreaker.config import BreakerConfig, validate_name
-from distbreaker.errors import CircuitOpenError
+from distbreaker.config import validate_name
 
 __all__ = ["BreakerAdapter", "CircuitOpenConnectionError"]
 
@@ -177,11 +177,8 @@ class BreakerAdapter(HTTPAdapter):
 
     def _judged(self, response: requests.Response, name: str) -> requests.Response:
         """``response`` if the breaker has nothing to record; else raise it out of ``execute``."""
-        verdict = response_verdict(
-            self._response_classifier, response.status_code, response.headers, name
-        )
-        if verdict.counts or verdict.rate_limited:
-            raise CountedResponse(response, verdict)
+        classifier = self._response_classifier
+        record_through_breaker(classifier, response, response.status_code, response.headers, name)
         return response
 
     def __repr__(self) -> str:
