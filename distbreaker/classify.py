@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from distbreaker.errors import CircuitOpenError
+
 # A rate limit that names no time: wait this long (GitHub documents "at least a minute").
 DEFAULT_RATE_LIMIT_WAIT = 60.0
 # Never hold a breaker open longer than this on an upstream's word alone.
@@ -130,6 +132,8 @@ def for_status(
 
 def classify(exc: BaseException) -> Verdict:
     """The default classifier (see the module docstring)."""
+    if isinstance(exc, CircuitOpenError):
+        return IGNORED  # a breaker's own refusal (also an httpx/requests error) is no outage
     for check in (_httpx, _docker, _requests, _urllib, _status_attribute):
         verdict = check(exc)
         if verdict is not None:

@@ -246,7 +246,8 @@ class CallProtocol:
         if self._quorum and not verdict.rate_limited:
             self.local.local_trip.note(ended, verdict.counts)
         if verdict.rate_limited:
-            return AfterError(verdict, None, verdict.retry_after or DEFAULT_RATE_LIMIT_WAIT)
+            wait = DEFAULT_RATE_LIMIT_WAIT if verdict.retry_after is None else verdict.retry_after
+            return AfterError(verdict, None, wait)
         if verdict.counts:
             return AfterError(verdict, "failure", None)
         if self.reports:
@@ -438,7 +439,7 @@ class CallProtocol:
     @staticmethod
     def worker_hold_ms(seconds: float) -> int:
         """A rate-limit pause in milliseconds; never raises (a bad value means the default)."""
-        if not 0 <= seconds <= WORKER_HOLD_MAX_MS / 1000:
+        if not 0 <= seconds <= WORKER_HOLD_MAX_MS / 1000:  # NaN, negative or too long
             seconds = WORKER_HOLD_MAX_MS / 1000 if seconds > 0 else DEFAULT_RATE_LIMIT_WAIT
         return round(seconds * 1000)
 

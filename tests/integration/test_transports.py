@@ -27,7 +27,7 @@ import distbreaker
 from distbreaker import BreakerConfig, BreakerStatus, CircuitOpenError
 from distbreaker.httpx import AsyncBreakerTransport, BreakerTransport
 from distbreaker.requests import BreakerAdapter
-from distbreaker.upstream import FlakyUpstream
+from distbreaker.testing import FlakyUpstream
 from tests.integration.transport_client import SETTINGS
 
 pytestmark = pytest.mark.integration

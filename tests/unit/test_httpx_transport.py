@@ -90,7 +90,6 @@ class Recording(httpx.MockTransport):
 # Strict only: in cached mode a transition event that reaches this process after the test
 # moved the injected clock re-anchors the local refusal at the new time (see NOTES.md,
 # "A flaky test and its cause"); these tests are about verdicts, which both modes share.
-STRICT_ONLY = pytest.mark.parametrize("consistency", ["strict"])
 
 
 @pytest.fixture
@@ -211,7 +210,6 @@ def test_client_errors_do_not_count(
 # -- rate limits -------------------------------------------------------------------------
 
 
-@STRICT_ONLY
 def test_a_429_with_retry_after_holds_the_breaker_open_and_is_returned(
     make_transport: Callable[..., BreakerTransport], clock: FakeClock
 ) -> None:
@@ -266,7 +264,6 @@ def test_a_rate_limit_asking_for_no_wait_holds_nothing(
 # -- probes --------------------------------------------------------------------------------
 
 
-@STRICT_ONLY
 @pytest.mark.parametrize(
     ("probe_status", "state_after"),
     [(200, "closed"), (204, "closed"), (404, "closed"), (503, "open")],
@@ -292,7 +289,6 @@ def test_a_half_open_probe_is_judged_by_its_response(
     assert after.probes_in_flight == 0
 
 
-@STRICT_ONLY
 def test_a_probe_that_hits_a_rate_limit_holds_open_and_frees_its_permit(
     make_transport: Callable[..., BreakerTransport], clock: FakeClock
 ) -> None:
@@ -528,7 +524,6 @@ async def test_async_transport_errors_count_and_propagate(
     assert upstream.calls == 1
 
 
-@STRICT_ONLY
 async def test_async_429_holds_open_and_a_404_does_not_count(
     make_async_transport: Callable[..., AsyncBreakerTransport], clock: FakeClock
 ) -> None:

@@ -101,7 +101,6 @@ class HostsAdapter(BreakerAdapter, CannedAdapter):
 # Strict only: in cached mode a transition event that reaches this process after the test
 # moved the injected clock re-anchors the local refusal at the new time (see NOTES.md,
 # "A flaky test and its cause"); these tests are about verdicts, which both modes share.
-STRICT_ONLY = pytest.mark.parametrize("consistency", ["strict"])
 
 
 @pytest.fixture
@@ -205,7 +204,6 @@ def test_client_errors_do_not_count(
     assert (breaker_status.state, breaker_status.failure_count) == ("closed", 0)
 
 
-@STRICT_ONLY
 def test_a_429_with_retry_after_holds_the_breaker_open_and_is_returned(
     make_adapter: Callable[..., BreakerAdapter], clock: FakeClock
 ) -> None:
@@ -227,7 +225,6 @@ def test_a_429_with_retry_after_holds_the_breaker_open_and_is_returned(
     assert adapter.breaker_for(URL).status().state == "closed"
 
 
-@STRICT_ONLY
 @pytest.mark.parametrize(
     ("probe_status", "state_after"), [(200, "closed"), (404, "closed"), (502, "open")]
 )
