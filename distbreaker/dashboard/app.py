@@ -228,12 +228,14 @@ class Dashboard:
     def _render(self, listing: FleetListing) -> Snapshot:
         now_s = self._wall()
         now_ms = round(now_s * 1000)
+        start_ms = self.timelines.start(now_ms)
         spans = {
-            row.status.name: self.timelines.spans(row.status.name, now_ms) for row in listing.rows
+            row.status.name: self.timelines.spans(row.status.name, now_ms, start_ms)
+            for row in listing.rows
         }
         fragments = {
-            "rows": render.rows_html(listing, spans, now_s),
-            "health": render.health_html(listing, self.clients),
+            "rows": render.rows_html(listing, spans, start_ms, now_s),
+            "health": render.health_html(listing, self.clients, (now_ms - start_ms) / 1000),
             "events": render.events_html(list(self.recent)),
             "names": [row.status.name for row in listing.rows],
         }

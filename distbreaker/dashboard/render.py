@@ -25,7 +25,7 @@ COLUMNS = (
     "Opens",
     "Generation",
     "Last failure",
-    "Last hour",
+    "Timeline",
 )
 
 
@@ -101,8 +101,9 @@ def state_cell(status: Any) -> str:
     )
 
 
-def breaker_row(row: BreakerRow, spans: Sequence[Span], now_s: float) -> str:
+def breaker_row(row: BreakerRow, spans: Sequence[Span], start_ms: int, now_s: float) -> str:
     status = row.status
+    now_ms = round(now_s * 1000)
     return (
         f'<tr data-name="{esc(status.name)}">'
         f'<td class="name">{esc(status.name)}</td>'
@@ -112,26 +113,31 @@ def breaker_row(row: BreakerRow, spans: Sequence[Span], now_s: float) -> str:
         f'<td class="opens">{esc(status.opens_total)}</td>'
         f'<td class="generation">{esc(status.generation)}</td>'
         f'<td class="last-failure">{esc(ago(status.last_failure_at, now_s))}</td>'
-        f'<td class="timeline">{timeline_svg(status.name, spans, round(now_s * 1000))}</td>'
+        f'<td class="timeline">{timeline_svg(status.name, spans, start_ms, now_ms)}</td>'
         "</tr>"
     )
 
 
-def rows_html(listing: FleetListing, spans: dict[str, list[Span]], now_s: float) -> str:
+def rows_html(
+    listing: FleetListing, spans: dict[str, list[Span]], start_ms: int, now_s: float
+) -> str:
     if not listing.rows:
         where = f"under prefix {listing.prefix!r}"
         text = "no breakers " + where if listing.store_ok else "no breakers read yet"
         return f'<tr class="empty"><td colspan="{len(COLUMNS)}">{esc(text)}</td></tr>'
-    return "".join(breaker_row(row, spans.get(row.status.name, []), now_s) for row in listing.rows)
+    return "".join(
+        breaker_row(row, spans.get(row.status.name, []), start_ms, now_s) for row in listing.rows
+    )
 
 
-def timeline_svg(name: str, spans: Iterable[Span], now_ms: int, horizon_ms: int = 3_600_000) -> str:
-    """The last hour as coloured spans, one SVG unit per second; a ``title`` on each."""
-    start = now_ms - horizon_ms
+def timeline_svg(name: str, spans: Iterable[Span], start_ms: int, now_ms: int) -> str:
+    """States from ``start_ms`` to ``now_ms`` as coloured spans, one SVG unit per second,
+    each with a ``title`` (the tooltip)."""
+    start = start_ms
+    width_s = max(1, (now_ms - start_ms) // 1000)
     parts = [
-        f'<svg class="timeline" viewBox="0 0 {horizon_ms // 1000} 10" '
-        'preserveAspectRatio="none" role="img" '
-        f'aria-label="{esc(name)}: states over the last hour">'
+        f'<svg class="timeline" viewBox="0 0 {width_s} 10" preserveAspectRatio="none" '
+        f'role="img" aria-label="{esc(name)}: states since {clock(start_ms / 1000)}">'
     ]
     for span in spans:
         x = max(0, span.start_ms - start) / 1000
@@ -148,9 +154,20 @@ def timeline_svg(name: str, spans: Iterable[Span], now_ms: int, horizon_ms: int 
     return "".join(parts)
 
 
-def health_html(listing: FleetListing, clients: int) -> str:
-    """The dashboard's own Redis connection and how fresh the listing is."""
+def span_text(seconds: float) -> str:
+    if seconds >= 3599:
+        return "the last hour"
+    if seconds >= 120:
+        return f"the last {seconds / 60:.0f} min"
+    return f"the last {seconds:.0f} s"
+
+
+def health_html(listing: FleetListing, clients: int, timeline_s: float | None = None) -> str:
+    """The dashboard's own Redis connection, how fresh the listing is, what the
+    timelines cover."""
     viewers = f"{clients} page{'' if clients == 1 else 's'} open"
+    if timeline_s is not None:
+        viewers += f" · timelines: {span_text(timeline_s)}"
     if listing.store_ok:
         latency = "" if listing.latency_ms is None else f", read in {listing.latency_ms:.1f} ms"
         count = len(listing.rows)

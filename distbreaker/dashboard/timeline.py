@@ -97,9 +97,21 @@ class Timelines:
             changes.append(Change(now_ms, state, generation, reason))
             self._trim(changes, now_ms)
 
-    def spans(self, name: str, now_ms: int) -> list[Span]:
-        """The last ``horizon_ms`` of ``name`` as consecutive spans ending at ``now_ms``."""
+    def start(self, now_ms: int, shortest_ms: int = 60_000) -> int:
+        """Where timelines drawn at ``now_ms`` begin: ``horizon_ms`` back, or the first
+        change known if that is later (but at least ``shortest_ms`` back), so a young
+        dashboard draws what it has seen across the whole width."""
+        with self._lock:
+            firsts = [changes[0].at_ms for changes in self._changes.values() if changes]
         start = now_ms - self.horizon_ms
+        if firsts:
+            start = max(start, min(min(firsts), now_ms - shortest_ms))
+        return start
+
+    def spans(self, name: str, now_ms: int, start_ms: int | None = None) -> list[Span]:
+        """``name`` from ``start_ms`` (default ``horizon_ms`` back) to ``now_ms`` as
+        consecutive spans."""
+        start = now_ms - self.horizon_ms if start_ms is None else start_ms
         with self._lock:
             changes = list(self._changes.get(name, ()))
         spans: list[Span] = []

@@ -232,7 +232,7 @@ def hostile_status(**fields: object) -> BreakerStatus:
 def test_rows_escape_names_and_count_down_from_time_until_reset() -> None:
     listing = FleetListing("p", (BreakerRow(hostile_status(), BreakerConfig()),), True, 0.0)
     spans = {HOSTILE: [Span("open", 0, 1000, HOSTILE)]}
-    html = render.rows_html(listing, spans, 1.0)
+    html = render.rows_html(listing, spans, 0, 1.0)
     assert "<img" not in html
     assert 'onerror="' not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;" in html
@@ -547,3 +547,11 @@ def test_the_command_reports_an_unreachable_redis_in_one_line(
     err = capsys.readouterr().err
     assert code == 1
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in err
+
+
+def test_a_young_dashboard_draws_what_it_has_seen_across_the_width() -> None:
+    timelines = Timelines(horizon_ms=3_600_000)
+    assert timelines.start(10_000_000) == 10_000_000 - 3_600_000  # nothing seen: an hour
+    timelines.record(event("open", 9_700_000, 1))
+    assert timelines.start(10_000_000) == 9_700_000  # five minutes seen: five minutes drawn
+    assert timelines.start(9_710_000) == 9_710_000 - 60_000  # never less than a minute
