@@ -112,6 +112,11 @@ class Fleet:
         """How many times Redis was read (for tests and the dashboard's own metrics)."""
         return self._cache.reads
 
+    @property
+    def stale(self) -> bool:
+        """True from ``invalidate()`` until the next read that goes to Redis."""
+        return self._cache.stale
+
     def invalidate(self) -> None:
         """Something changed (an event arrived): the next read may go to Redis at once."""
         self._cache.stale = True

@@ -106,7 +106,6 @@ class Dashboard:
         self._wall = wall
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
-        self._dirty = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -135,7 +134,6 @@ class Dashboard:
     def changed(self) -> None:
         """Something changed: read Redis again soon (at once if a page is open)."""
         self.fleet.invalidate()
-        self._dirty = True
         self._wake.set()
 
     # -- the publisher ------------------------------------------------------------------
@@ -154,12 +152,16 @@ class Dashboard:
             self._wake.clear()
             if not self.clients:
                 continue
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug must not stop the updates of every page
+                logger.exception("dashboard: rendering an update failed")
             await asyncio.sleep(self.min_interval)
+            if self.fleet.stale:  # a change came while the cache was too young to re-read
+                self._wake.set()
 
     async def refresh(self) -> Snapshot:
         """Read the fleet, render it once, and hand it to every open page."""
-        self._dirty = False
         listing = await self.read()
         snapshot = self._render(listing)
         self.snapshot = snapshot
@@ -174,7 +176,8 @@ class Dashboard:
     async def current(self) -> Snapshot:
         """A snapshot no older than ``refresh_interval``."""
         snapshot = self.snapshot
-        if snapshot is not None and not self._dirty and self._age(snapshot) < self.refresh_interval:
+        fresh = snapshot is not None and self._age(snapshot) < self.refresh_interval
+        if snapshot is not None and fresh and not self.fleet.stale:
             return snapshot
         return await self.refresh()
 
@@ -182,9 +185,7 @@ class Dashboard:
         """Every snapshot published while the caller listens (the latest one first)."""
         self.clients += 1
         try:
-            snapshot = self.snapshot
-            if self._dirty or snapshot is None or self._age(snapshot) >= self.refresh_interval:
-                self._wake.set()
+            self._wake.set()  # start (or keep) the publisher going; reads stay bounded
             seen: Snapshot | None = None
             while True:
                 changed, snapshot = self._changed, self.snapshot

@@ -97,7 +97,7 @@ class Timelines:
             changes.append(Change(now_ms, state, generation, reason))
             self._trim(changes, now_ms)
 
-    def start(self, now_ms: int, shortest_ms: int = 60_000) -> int:
+    def start(self, now_ms: int, shortest_ms: int = 10_000) -> int:
         """Where timelines drawn at ``now_ms`` begin: ``horizon_ms`` back, or the first
         change known if that is later (but at least ``shortest_ms`` back), so a young
         dashboard draws what it has seen across the whole width."""

@@ -554,4 +554,4 @@ def test_a_young_dashboard_draws_what_it_has_seen_across_the_width() -> None:
     assert timelines.start(10_000_000) == 10_000_000 - 3_600_000  # nothing seen: an hour
     timelines.record(event("open", 9_700_000, 1))
     assert timelines.start(10_000_000) == 9_700_000  # five minutes seen: five minutes drawn
-    assert timelines.start(9_710_000) == 9_710_000 - 60_000  # never less than a minute
+    assert timelines.start(9_705_000) == 9_705_000 - 10_000  # never less than ten seconds
