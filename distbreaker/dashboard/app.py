@@ -155,7 +155,7 @@ class Dashboard:
             try:
                 await self.refresh()
             except Exception:  # a bug must not stop the updates of every page
-                logger.exception("dashboard: rendering an update failed")
+                logger.exception("rendering an update failed")
             await asyncio.sleep(self.min_interval)
             if self.fleet.stale:  # a change came while the cache was too young to re-read
                 self._wake.set()
@@ -221,7 +221,7 @@ class Dashboard:
         try:
             changes = history_of(self.fleet.breaker(name), since)
         except READ_ERRORS as error:
-            logger.info("dashboard: no history for %r (%s)", name, error)
+            logger.info("no history for %r (%s)", name, error)
             return
         if changes:
             self.timelines.seed(name, changes)
@@ -532,7 +532,8 @@ def _apply(fleet: Fleet, control: Control) -> dict[str, Any]:
         after = breaker.status()
     except READ_ERRORS as error:
         raise ControlError(503, f"Redis failed: {type(error).__name__}: {error}") from None
-    logger.info("dashboard: %s %r by %s", control.action, control.name, control.actor)
+    why = f" ({control.reason})" if control.reason else ""
+    logger.info("%s %r by %s%s", control.action, control.name, control.actor, why)
     if control.action == "hold_open" and after.state != "open":
         raise ControlError(
             409,

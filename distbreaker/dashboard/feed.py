@@ -97,7 +97,7 @@ class EventFeed:
             self.ignored += 1
             if self.ignored == 1:
                 logger.warning(
-                    "dashboard: ignoring a message on %s that is not a transition "
+                    "ignoring a message on %s that is not a transition "
                     "(further ones are ignored silently)",
                     self.channel,
                 )

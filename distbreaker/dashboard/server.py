@@ -8,6 +8,7 @@ owner (mode 0600) and hold one token of printable ASCII. The token is never logg
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import stat
 import sys
@@ -115,8 +116,8 @@ def check_settings(host: str, port: int, token_file: Path | None, prefix: str) -
     token = read_token(token_file) if token_file is not None else None
     if token is None and not is_loopback(host):
         raise DashboardError(
-            f"refusing to listen on {host} without --token-file: anyone who can reach it "
-            "would see every breaker; bind to 127.0.0.1 (the default) or give a token file",
+            f"refusing to listen on {host} without --token-file: beyond loopback the dashboard "
+            "needs a token; bind to 127.0.0.1 (the default) or give a token file",
             2,
         )
     return Settings(host, port, token)
@@ -154,6 +155,15 @@ def connect(redis_url: str, cluster: bool) -> Any:
     return client
 
 
+def show_controls_in_the_log() -> None:
+    """One line on stderr per control applied (who, what, which breaker; never the token)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("distbreaker dashboard: %(message)s"))
+    log = logging.getLogger("distbreaker.dashboard")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def serve(
     redis_url: str,
     host: str = DEFAULT_HOST,
@@ -167,7 +177,7 @@ def serve(
     settings = check_settings(host, port, path, prefix)
     client = connect(redis_url, cluster)
     sock = listen(settings.host, settings.port)
-    allowed = LOOPBACK_NAMES if settings.loopback else None
+    allowed = LOOPBACK_NAMES | {host.strip("[]")} if settings.loopback else None
     app = create_app(client, prefix, settings.token, allowed_hosts=allowed)
     shown_host = f"[{host}]" if ":" in host else host
     mode = "controls enabled with the token" if settings.token else "read-only"
@@ -177,6 +187,7 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
+    show_controls_in_the_log()
     config = uvicorn.Config(
         app,
         log_level="warning",

@@ -281,6 +281,11 @@ def test_controls_without_the_token_are_refused_and_change_nothing(
     accepted = httpx.post(url, content=b"{}", headers={**json_type, TOKEN_HEADER: TOKEN}, timeout=5)
     assert accepted.status_code == 200
     assert target.status().state == "closed"
+    wait_for(
+        lambda: "reset 'payments' by dashboard@127.0.0.1" in dashboard.output(),
+        10,
+        "the control in the dashboard's log",
+    )
     assert TOKEN not in dashboard.output()
 
 
