@@ -41,15 +41,16 @@ def clock(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%H:%M:%S UTC")
 
 
-def ago(moment: float | None, now_s: float) -> str:
-    if moment is None:
-        return "never"
-    seconds = max(0.0, now_s - moment)
+def duration(seconds: float) -> str:
     if seconds < 60:
-        return f"{seconds:.0f}s ago"
+        return f"{seconds:.0f}s"
     if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def ago(moment: float | None, now_s: float) -> str:
+    return "never" if moment is None else f"{duration(max(0.0, now_s - moment))} ago"
 
 
 def failures_text(status: Any, config: BreakerConfig | None) -> str:
@@ -91,6 +92,9 @@ def state_cell(status: Any) -> str:
         notes.append(f"by {short(str(who), 64)}")
     if why:
         notes.append(short(str(why)))
+    since = getattr(status, "since", None)
+    if isinstance(since, int | float) and not isinstance(since, bool) and since >= 0:
+        notes.append(f"for {duration(since)}")
     if not status.store_ok:
         notes.append("store degraded")
     note = f'<span class="note">{esc(" · ".join(notes))}</span>' if notes else ""

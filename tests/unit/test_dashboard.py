@@ -555,3 +555,22 @@ def test_a_young_dashboard_draws_what_it_has_seen_across_the_width() -> None:
     timelines.record(event("open", 9_700_000, 1))
     assert timelines.start(10_000_000) == 9_700_000  # five minutes seen: five minutes drawn
     assert timelines.start(9_705_000) == 9_705_000 - 10_000  # never less than ten seconds
+
+
+def test_fields_a_newer_status_carries_are_shown_when_present() -> None:
+    class NewerStatus(BreakerStatus):
+        actor: str | None = None
+        reason: str = ""
+        since: float | None = None
+        locally_open: bool = False
+
+    base = hostile_status(name="payments", state="forced_open").model_dump()
+    newer = NewerStatus.model_validate(
+        {**base, "actor": "alice", "reason": HOSTILE, "since": 125.0, "locally_open": True}
+    )
+    cell = render.state_cell(newer)
+    assert "locally open · by alice · " in cell
+    assert "&lt;img" in cell
+    assert "<img" not in cell
+    assert "for 2m" in cell
+    assert render.state_cell(hostile_status(state="closed")).endswith("closed</td>")
