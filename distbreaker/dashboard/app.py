@@ -101,7 +101,6 @@ class Dashboard:
         self.recent: deque[Event] = deque(maxlen=recent)
         self.clients = 0
         self.snapshot: Snapshot | None = None
-        self.started_at = wall()
         self._clock = clock
         self._wall = wall
         self._changed = asyncio.Event()
