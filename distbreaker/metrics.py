@@ -1,30 +1,49 @@
-"""Prometheus metrics for every breaker in this process (extra ``[metrics]``).
+"""Prometheus metrics (extra ``[metrics]``): per process, and for the fleet from Redis.
 
-``enable_metrics()`` registers a hook (see ``distbreaker.hooks``) that keeps, per breaker:
+``enable_metrics()`` registers a hook (see ``distbreaker.hooks``) that keeps, per breaker
+of this process:
 
 - ``distbreaker_calls_total{breaker, outcome}``: success, failure, slow, ignored,
   rate_limited, refused;
 - ``distbreaker_rejections_total{breaker}``: calls refused without touching the upstream;
 - ``distbreaker_transitions_total{breaker, from_state, to_state}``;
 - ``distbreaker_state{breaker, state}``: 1 for the state this process last saw, else 0;
+- ``distbreaker_store_ok{breaker}``: 0 while this process decides locally because Redis
+  is unreachable, 1 while it shares the breaker through Redis;
 - ``distbreaker_store_errors_total{breaker, error}``: Redis errors, by exception type;
-- ``distbreaker_call_duration_seconds{breaker}``: time spent in admitted calls.
+- ``distbreaker_call_duration_seconds{breaker, outcome}``: time spent in admitted calls.
 
 Counts are per process; sum them across workers (``sum by (breaker)``).
 ``serve_metrics(port)`` exposes them over HTTP for a scraper.
+
+``FleetCollector`` is the other view: gauges read from Redis on scrape (through a cached
+``distbreaker.fleet.Fleet``), so one target (the dashboard's ``/metrics``) shows every
+breaker of the fleet without summing workers.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import start_http_server as _start_http_server
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import start_http_server as _start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"distbreaker.metrics needs prometheus-client ({error}): pip install 'distbreaker[metrics]'"
+    ) from error
 
 from distbreaker import hooks
 from distbreaker.core import STATES, Event
+from distbreaker.fleet import FleetListing
 from distbreaker.hooks import CallInfo
+
+Clock = Callable[[], float]
 
 _enabled: dict[int, BreakerMetrics] = {}
 _lock = threading.Lock()
@@ -33,7 +52,9 @@ _lock = threading.Lock()
 class BreakerMetrics:
     """The hook object: counters and gauges on ``registry``, fed by breaker callbacks."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, clock: Clock = time.monotonic
+    ) -> None:
         target = REGISTRY if registry is None else registry
         self.registry = target
         self.calls = Counter(
@@ -68,11 +89,20 @@ class BreakerMetrics:
         )
         self.call_duration = Histogram(
             "distbreaker_call_duration_seconds",
-            "Time spent in calls the breaker admitted.",
+            "Time spent in calls the breaker admitted, by outcome.",
+            ["breaker", "outcome"],
+            registry=target,
+        )
+        self.store_ok = Gauge(
+            "distbreaker_store_ok",
+            "1 while this process shares the breaker through Redis, "
+            "0 while it decides locally because Redis is unreachable.",
             ["breaker"],
             registry=target,
         )
+        self._clock = clock
         self._last_state: dict[str, str] = {}
+        self._store_error_at: dict[str, float] = {}
         self._state_lock = threading.Lock()
 
     def on_call(self, info: CallInfo) -> None:
@@ -80,8 +110,9 @@ class BreakerMetrics:
         if info.outcome == "refused":
             self.rejections.labels(info.name).inc()
         if info.duration is not None:
-            self.call_duration.labels(info.name).observe(info.duration)
+            self.call_duration.labels(info.name, info.outcome).observe(info.duration)
         self._set_state(info.name, info.state)
+        self._set_store_ok(info)
 
     def on_transition(self, event: Event) -> None:
         self.transitions.labels(event.name, event.from_state, event.to_state).inc()
@@ -89,6 +120,22 @@ class BreakerMetrics:
 
     def on_store_error(self, name: str, error: BaseException) -> None:
         self.store_errors.labels(name, type(error).__name__).inc()
+        with self._state_lock:
+            self._store_error_at[name] = self._clock()
+        self.store_ok.labels(name).set(0)
+
+    def _set_store_ok(self, info: CallInfo) -> None:
+        if not info.shared:
+            self.store_ok.labels(info.name).set(0)
+            return
+        # A call admitted through Redis whose outcome then met a store error is reported
+        # after that error: it must not flip the gauge back (no "Redis answers" hook yet).
+        with self._state_lock:
+            failed_at = self._store_error_at.get(info.name)
+        started = self._clock() - (info.duration or 0.0)
+        if failed_at is not None and failed_at >= started:
+            return
+        self.store_ok.labels(info.name).set(1)
 
     def _set_state(self, name: str, state: str) -> None:
         # a call reports its state every time; the gauges change only on a new one
@@ -131,3 +178,115 @@ def serve_metrics(
     enable_metrics(registry)
     server, _thread = _start_http_server(port, addr, REGISTRY if registry is None else registry)
     return server
+
+
+class FleetCollector(Collector):
+    """Fleet-level gauges read from Redis on scrape: ``read`` is ``Fleet.read`` (cached).
+
+    Register it on the registry a dashboard or exporter process serves. Per-breaker
+    samples are left out while Redis cannot be read (``distbreaker_fleet_store_ok`` 0):
+    stale numbers would look current.
+    """
+
+    def __init__(self, read: Callable[[], FleetListing]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: registering must not read Redis.
+        return iter(_fleet_families())
+
+    def collect(self) -> Iterator[Metric]:
+        listing = self._read()
+        families = _fleet_families()
+        by_name = {family.name: family for family in families}
+        by_name["distbreaker_fleet_store_ok"].add_metric([], 1 if listing.store_ok else 0)
+        if listing.store_ok:
+            by_name["distbreaker_fleet_breakers"].add_metric([], len(listing.rows))
+            by_name["distbreaker_fleet_scan_truncated"].add_metric([], int(listing.truncated))
+            for row in listing.rows:
+                _add_breaker(by_name, row.status, row.config)
+        return iter(families)
+
+
+_FLEET_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("distbreaker_fleet_store_ok", "1 when this process's last read of Redis succeeded.", ()),
+    ("distbreaker_fleet_breakers", "Breakers found under the key prefix.", ()),
+    ("distbreaker_fleet_scan_truncated", "1 when the key scan stopped at its budget.", ()),
+    (
+        "distbreaker_fleet_state",
+        "1 for the breaker's state in Redis, 0 for the others.",
+        ("breaker", "state"),
+    ),
+    ("distbreaker_fleet_failures_in_window", "Failures inside the breaker's window.", ("breaker",)),
+    (
+        "distbreaker_fleet_failure_threshold",
+        "Failures in the window that open the breaker.",
+        ("breaker",),
+    ),
+    ("distbreaker_fleet_window_seconds", "Length of the breaker's sliding window.", ("breaker",)),
+    (
+        "distbreaker_fleet_calls_in_window",
+        "Calls inside the breaker's window (rate rule).",
+        ("breaker",),
+    ),
+    ("distbreaker_fleet_failure_rate", "Failures per call inside the window (0-1).", ("breaker",)),
+    (
+        "distbreaker_fleet_time_until_reset_seconds",
+        "Seconds until an open breaker lets a probe through (0 when not open).",
+        ("breaker",),
+    ),
+    ("distbreaker_fleet_generation", "Transitions the breaker went through.", ("breaker",)),
+    ("distbreaker_fleet_probes_in_flight", "Half-open probe leases held.", ("breaker",)),
+)
+_FLEET_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("distbreaker_fleet_opens", "Times the breaker opened (as stored in Redis).", "opens_total"),
+    ("distbreaker_fleet_failures", "Failures recorded (as stored in Redis).", "failures_total"),
+    (
+        "distbreaker_fleet_would_refuse",
+        "Calls a dry-run breaker would have refused (as stored in Redis).",
+        "would_refuse_total",
+    ),
+)
+
+
+def _fleet_families() -> list[GaugeMetricFamily | CounterMetricFamily]:
+    families: list[GaugeMetricFamily | CounterMetricFamily] = [
+        GaugeMetricFamily(name, text, labels=list(labels)) for name, text, labels in _FLEET_GAUGES
+    ]
+    families += [
+        CounterMetricFamily(name, text, labels=["breaker"]) for name, text, _ in _FLEET_COUNTERS
+    ]
+    return families
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float when it is a real number (fields may be absent or None)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _add_breaker(by_name: dict[str, Any], status: Any, config: Any) -> None:
+    name = status.name
+    for state in STATES:
+        by_name["distbreaker_fleet_state"].add_metric([name, state], int(status.state == state))
+    gauges = {
+        "distbreaker_fleet_failures_in_window": status.failure_count,
+        "distbreaker_fleet_time_until_reset_seconds": status.time_until_reset,
+        "distbreaker_fleet_generation": status.generation,
+        "distbreaker_fleet_probes_in_flight": getattr(status, "probes_in_flight", None),
+        # fields BreakerStatus gains with the rate rule; absent until then
+        "distbreaker_fleet_calls_in_window": getattr(status, "calls_in_window", None),
+        "distbreaker_fleet_failure_rate": getattr(status, "failure_rate", None),
+    }
+    if config is not None:
+        gauges["distbreaker_fleet_failure_threshold"] = config.failure_threshold
+        gauges["distbreaker_fleet_window_seconds"] = config.window
+    for metric, value in gauges.items():
+        number = _number(value)
+        if number is not None:
+            by_name[metric].add_metric([name], number)
+    for metric, _, field_name in _FLEET_COUNTERS:
+        number = _number(getattr(status, field_name, None))
+        if number is not None:
+            by_name[metric].add_metric([name], number)

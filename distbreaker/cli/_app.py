@@ -324,6 +324,34 @@ def reset(
     )
 
 
+@app.command()
+def dashboard(
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on.")] = 8321,
+    token_file: Annotated[
+        str | None,
+        typer.Option("--token-file", metavar="PATH", help="Token enabling the controls (0600)."),
+    ] = None,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
+) -> None:
+    """A live web page of every breaker; controls with --token-file (extra [dashboard])."""
+    try:
+        from distbreaker.dashboard import DashboardError, serve
+    except ImportError as error:
+        missing = error.name or "a dependency"
+        raise CliError(
+            f"the dashboard needs {missing}: pip install 'distbreaker[dashboard]'"
+        ) from None
+    try:
+        serve(_url(redis_url), host, port, token_file, _prefix(prefix), cluster)
+    except DashboardError as error:
+        raise CliError(error.message, error.code) from None
+
+
 def _external_checks(github_url: str) -> list[ServiceCheck]:
     """GitHub and Docker checked side by side, each bounded: a hung DNS lookup must not
     hold the command (daemon threads are left behind, not waited for)."""

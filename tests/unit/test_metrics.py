@@ -10,9 +10,17 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from distbreaker import Breaker, BreakerConfig, CircuitOpenError
+from distbreaker import Breaker, BreakerConfig, BreakerStatus, CircuitOpenError
 from distbreaker.core import Event
-from distbreaker.metrics import BreakerMetrics, disable_metrics, enable_metrics, serve_metrics
+from distbreaker.fleet import BreakerRow, FleetListing
+from distbreaker.hooks import CallInfo
+from distbreaker.metrics import (
+    BreakerMetrics,
+    FleetCollector,
+    disable_metrics,
+    enable_metrics,
+    serve_metrics,
+)
 from distbreaker.testing import free_port
 from tests.conftest import FakeClock
 
@@ -67,7 +75,11 @@ def test_a_trip_shows_failures_rejections_and_open_state(
     assert samples[(state, (("breaker", "payments"), ("state", "open")))] == 1
     assert samples[(state, (("breaker", "payments"), ("state", "closed")))] == 0
     duration = "distbreaker_call_duration_seconds_count"
-    assert samples[(duration, (("breaker", "payments"),))] == 4  # refused calls take no time
+    assert samples[(duration, (("breaker", "payments"), ("outcome", "success")))] == 1
+    assert samples[(duration, (("breaker", "payments"), ("outcome", "failure")))] == 3
+    # refused calls take no time: no duration series for them
+    assert (duration, (("breaker", "payments"), ("outcome", "refused"))) not in samples
+    assert samples[("distbreaker_store_ok", (("breaker", "payments"),))] == 1
 
 
 def test_transitions_are_counted_and_set_the_state(
@@ -121,3 +133,127 @@ def test_serve_metrics_exposes_them_over_http(registry: CollectorRegistry) -> No
         disable_metrics(hook)
     assert response.status_code == 200
     assert 'distbreaker_store_errors_total{breaker="github",error="OSError"} 1.0' in response.text
+
+
+def store_ok(registry: CollectorRegistry, name: str = "github") -> float:
+    return scrape(registry)[("distbreaker_store_ok", (("breaker", name),))]
+
+
+def test_store_ok_follows_shared_calls_and_store_errors(registry: CollectorRegistry) -> None:
+    clock = FakeClock()
+    hook = BreakerMetrics(registry, clock=clock)
+    hook.on_call(CallInfo("github", "success", "closed", 0.01, shared=True))
+    assert store_ok(registry) == 1
+    hook.on_store_error("github", TimeoutError("slow redis"))
+    assert store_ok(registry) == 0
+    clock.advance(1.0)
+    hook.on_call(CallInfo("github", "success", "closed", 0.01, shared=False))
+    assert store_ok(registry) == 0  # decided locally
+    clock.advance(1.0)
+    hook.on_call(CallInfo("github", "success", "closed", 0.01, shared=True))
+    assert store_ok(registry) == 1  # Redis answered again
+
+
+def test_a_call_whose_record_met_a_store_error_keeps_store_ok_at_zero(
+    registry: CollectorRegistry,
+) -> None:
+    clock = FakeClock()
+    hook = BreakerMetrics(registry, clock=clock)
+    clock.advance(0.3)  # the call ran for 0.5 s; Redis failed while its outcome was recorded
+    hook.on_store_error("github", ConnectionError("gone"))
+    clock.advance(0.2)
+    hook.on_call(CallInfo("github", "failure", "closed", 0.5, shared=True))
+    assert store_ok(registry) == 0
+
+
+def test_a_shadow_breaker_reports_store_ok_zero_while_redis_is_down(
+    metrics: BreakerMetrics, registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    server = fakeredis.FakeServer()
+    config = BreakerConfig(key_prefix="m3", consistency="strict")  # every call asks Redis
+    breaker = Breaker("github", fakeredis.FakeRedis(server=server), config, clock=clock)
+    breaker.execute(lambda: "fine")
+    assert store_ok(registry) == 1
+    server.connected = False
+    breaker.execute(lambda: "local")
+    assert store_ok(registry) == 0
+
+
+def status(name: str, state: str = "closed", **fields: object) -> BreakerStatus:
+    values: dict[str, object] = {
+        "name": name,
+        "state": state,
+        "failure_count": 2,
+        "generation": 3,
+        "opened_at": None,
+        "time_until_reset": 0.0,
+        "last_failure_at": None,
+        "store_ok": True,
+        "healthy": state == "closed",
+        "opens_total": 1,
+        "failures_total": 7,
+    }
+    values.update(fields)
+    return BreakerStatus.model_validate(values)
+
+
+def listing(*rows: BreakerRow, store_ok: bool = True) -> FleetListing:
+    return FleetListing(prefix="p", rows=rows, store_ok=store_ok, read_at=0.0)
+
+
+def test_the_fleet_collector_reads_gauges_from_the_listing() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    rows = (
+        BreakerRow(status("github", "open", time_until_reset=12.5), BreakerConfig()),
+        BreakerRow(status("docker"), None),  # settings not stored yet: no threshold
+    )
+    registry.register(FleetCollector(lambda: listing(*rows)))
+    samples = scrape(registry)
+    assert samples[("distbreaker_fleet_store_ok", ())] == 1
+    assert samples[("distbreaker_fleet_breakers", ())] == 2
+    open_github = (("breaker", "github"), ("state", "open"))
+    assert samples[("distbreaker_fleet_state", open_github)] == 1
+    assert samples[("distbreaker_fleet_state", (("breaker", "github"), ("state", "closed")))] == 0
+    github = (("breaker", "github"),)
+    assert samples[("distbreaker_fleet_time_until_reset_seconds", github)] == 12.5
+    assert samples[("distbreaker_fleet_failures_in_window", github)] == 2
+    assert samples[("distbreaker_fleet_failure_threshold", github)] == 5
+    assert samples[("distbreaker_fleet_opens_total", github)] == 1
+    assert samples[("distbreaker_fleet_failures_total", github)] == 7
+    assert ("distbreaker_fleet_failure_threshold", (("breaker", "docker"),)) not in samples
+    # fields BreakerStatus does not have yet are left out, not invented
+    assert ("distbreaker_fleet_failure_rate", github) not in samples
+
+
+def test_the_fleet_collector_shows_rate_fields_where_the_status_has_them() -> None:
+    class RateStatus(BreakerStatus):
+        calls_in_window: int = 0
+        failure_rate: float | None = None
+
+    base = status("api").model_dump()
+    rated = RateStatus.model_validate({**base, "calls_in_window": 40, "failure_rate": 0.25})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(lambda: listing(BreakerRow(rated, None))))
+    samples = scrape(registry)
+    assert samples[("distbreaker_fleet_calls_in_window", (("breaker", "api"),))] == 40
+    assert samples[("distbreaker_fleet_failure_rate", (("breaker", "api"),))] == 0.25
+
+
+def test_the_fleet_collector_leaves_out_stale_rows_while_redis_is_unreachable() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    row = BreakerRow(status("github"), None)
+    registry.register(FleetCollector(lambda: listing(row, store_ok=False)))
+    samples = scrape(registry)
+    assert samples[("distbreaker_fleet_store_ok", ())] == 0
+    assert not any(name == "distbreaker_fleet_state" for name, _ in samples)
+
+
+def test_registering_the_fleet_collector_reads_nothing() -> None:
+    reads: list[int] = []
+
+    def read() -> FleetListing:
+        reads.append(1)
+        return listing()
+
+    CollectorRegistry(auto_describe=True).register(FleetCollector(read))
+    assert reads == []
