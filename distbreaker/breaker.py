@@ -199,7 +199,7 @@ class Breaker(_Shell):
         except STORE_ERRORS as error:
             upkeep.wake()
             return protocol.admit_failed(error)
-        return protocol.admitted(admission, decided.call_id)
+        return protocol.admitted(admission, decided)
 
     def _succeeded(self, protocol: CallProtocol, ticket: Ticket, started: float) -> None:
         ended = protocol.clock.monotonic()
@@ -233,6 +233,7 @@ class Breaker(_Shell):
             protocol.record_locally(ticket, call_id, outcome)
             return
         batch = protocol.batch_for_record(outcome)
+        asked = protocol.clock.monotonic()
         try:
             change = self._store.record(
                 protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
@@ -241,7 +242,7 @@ class Breaker(_Shell):
             protocol.record_failed(error, ticket, call_id, outcome, batch)
             upkeep.wake()
             return
-        protocol.recorded(change, batch)
+        protocol.recorded(change, asked)
 
     # -- status, history and controls --------------------------------------------------
 
@@ -300,24 +301,26 @@ class Breaker(_Shell):
     def _worker_hold(self, hold_ms: int, reason: str) -> None:
         protocol = self._process()
         reason = printable(reason, 200)
+        asked = protocol.clock.monotonic()
         try:
             change = self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)  # the local shadow holds instead
             upkeep.wake()
             return
-        protocol.recorded(change)
+        protocol.recorded(change, asked)
 
     def _control(self, command: Command, hold_ms: int, reason: str, actor: str | None) -> None:
         actor_text, reason = self._control_args(actor, reason)
         protocol = self._process()
+        asked = protocol.clock.monotonic()
         try:
             change = self._store.control(
                 protocol.clock.server_ms(), command, hold_ms, reason, actor_text
             )
         except STORE_ERRORS as error:
             raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
-        protocol.recorded(change)
+        protocol.recorded(change, asked)
 
     # -- background upkeep (the upkeep thread calls this) ------------------------------
 
@@ -338,15 +341,17 @@ class Breaker(_Shell):
     def _send(self, protocol: CallProtocol, plan: Upkeep) -> None:
         while plan.records:
             call_id, generation, outcome = plan.records[0]
+            asked = protocol.clock.monotonic()
             change = self._store.record(
                 protocol.clock.server_ms(), call_id, generation, cast(Outcome, outcome)
             )
             plan.records.pop(0)
-            protocol.recorded(change)
+            protocol.recorded(change, asked)
         if plan.batch is not None:
+            asked = protocol.clock.monotonic()
             report = self._store.report(protocol.clock.server_ms(), plan.batch, plan.would_refuse)
             plan.batch = None
-            protocol.reported(report)
+            protocol.reported(report, asked)
 
 
 class AsyncBreaker(_Shell):
@@ -441,7 +446,7 @@ class AsyncBreaker(_Shell):
         except STORE_ERRORS as error:
             upkeep.wake_async()
             return protocol.admit_failed(error)
-        return protocol.admitted(admission, decided.call_id)
+        return protocol.admitted(admission, decided)
 
     async def _succeeded(self, protocol: CallProtocol, ticket: Ticket, started: float) -> None:
         ended = protocol.clock.monotonic()
@@ -474,6 +479,7 @@ class AsyncBreaker(_Shell):
             protocol.record_locally(ticket, call_id, outcome)
             return
         batch = protocol.batch_for_record(outcome)
+        asked = protocol.clock.monotonic()
         try:
             change = await self._store.record(
                 protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
@@ -482,7 +488,7 @@ class AsyncBreaker(_Shell):
             protocol.record_failed(error, ticket, call_id, outcome, batch)
             upkeep.wake_async()
             return
-        protocol.recorded(change, batch)
+        protocol.recorded(change, asked)
 
     async def status(self) -> BreakerStatus:
         """The breaker's state as Redis has it (the local shadow's while degraded)."""
@@ -534,26 +540,28 @@ class AsyncBreaker(_Shell):
     async def _worker_hold(self, hold_ms: int, reason: str) -> None:
         protocol = self._process()
         reason = printable(reason, 200)
+        asked = protocol.clock.monotonic()
         try:
             change = await self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)
             upkeep.wake_async()
             return
-        protocol.recorded(change)
+        protocol.recorded(change, asked)
 
     async def _control(
         self, command: Command, hold_ms: int, reason: str, actor: str | None
     ) -> None:
         actor_text, reason = self._control_args(actor, reason)
         protocol = self._process()
+        asked = protocol.clock.monotonic()
         try:
             change = await self._store.control(
                 protocol.clock.server_ms(), command, hold_ms, reason, actor_text
             )
         except STORE_ERRORS as error:
             raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
-        protocol.recorded(change)
+        protocol.recorded(change, asked)
 
     async def upkeep(self, final: bool = False) -> float:
         """Send what is due off the call path; seconds until it wants to run again."""
@@ -572,17 +580,19 @@ class AsyncBreaker(_Shell):
     async def _send(self, protocol: CallProtocol, plan: Upkeep) -> None:
         while plan.records:
             call_id, generation, outcome = plan.records[0]
+            asked = protocol.clock.monotonic()
             change = await self._store.record(
                 protocol.clock.server_ms(), call_id, generation, cast(Outcome, outcome)
             )
             plan.records.pop(0)
-            protocol.recorded(change)
+            protocol.recorded(change, asked)
         if plan.batch is not None:
+            asked = protocol.clock.monotonic()
             report = await self._store.report(
                 protocol.clock.server_ms(), plan.batch, plan.would_refuse
             )
             plan.batch = None
-            protocol.reported(report)
+            protocol.reported(report, asked)
 
 
 async def resolve(value: T | Awaitable[T]) -> T:

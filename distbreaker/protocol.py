@@ -68,9 +68,15 @@ class Ticket:
 
 @dataclass(frozen=True, slots=True)
 class Ask:
-    """Only the admit script may decide; ``call_id`` names the call (and a probe lease)."""
+    """Only the admit script may decide; ``call_id`` names the call (and a probe lease).
+
+    ``asked_at`` (monotonic) anchors the reply's deadlines: a reply's "open for 30 s more"
+    is counted from before the question, so the local copy never refuses past the
+    server's deadline.
+    """
 
     call_id: str
+    asked_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +157,9 @@ class CallProtocol:
             return self._local_admission()
         if not guard.allow(self.clock.monotonic()):
             return self._degraded_admission("backing off after a store error")
-        return Ask(local.next_call_id())
+        return Ask(local.next_call_id(), self.clock.monotonic())
 
-    def admitted(self, admission: Admission, call_id: str) -> Ticket | CircuitOpenError:
+    def admitted(self, admission: Admission, asked: Ask) -> Ticket | CircuitOpenError:
         """The admit script's answer."""
         self.store_answered()
         self.local.cache.from_admission(
@@ -161,9 +167,9 @@ class CallProtocol:
             admission.generation,
             admission.allowed,
             admission.retry_after_ms,
-            self.clock.monotonic(),
+            asked.asked_at,
         )
-        return self._ticket_or_refusal(admission, call_id, shared=True)
+        return self._ticket_or_refusal(admission, asked.call_id, shared=True)
 
     def admit_failed(self, error: BaseException) -> Ticket | CircuitOpenError:
         """Redis did not answer the admission: decide as ``on_store_error`` says."""
@@ -267,10 +273,11 @@ class CallProtocol:
             return None
         return self._take_batch()[0]
 
-    def recorded(self, change: Change, batch: Batch | None = None) -> None:
-        """Redis took an outcome or a command: learn the state it answered with."""
+    def recorded(self, change: Change, asked_at: float) -> None:
+        """Redis took an outcome or a command (asked at ``asked_at``, monotonic): learn the
+        state it answered with."""
         self.store_answered()
-        self._learn(change)
+        self._learn(change, asked_at)
         if change.window is not None:
             self.fleet = change.window
         if change.other_config:
@@ -489,7 +496,7 @@ class CallProtocol:
         for call_id, generation, outcome in plan.records:
             self.local.pending.add(call_id, generation, outcome, now + self.config.probe_timeout)
 
-    def reported(self, report: Report) -> None:
+    def reported(self, report: Report, asked_at: float) -> None:
         self.store_answered()
         self.fleet = report.window
         self.local.cache.from_reply(
@@ -497,7 +504,7 @@ class CallProtocol:
             report.generation,
             report.open_until_ms,
             report.now_ms,
-            self.clock.monotonic(),
+            asked_at,
         )
 
     # -- the store's health ----------------------------------------------------------
@@ -524,13 +531,9 @@ class CallProtocol:
 
     # -- events ----------------------------------------------------------------------
 
-    def _learn(self, change: Change) -> None:
+    def _learn(self, change: Change, asked_at: float) -> None:
         self.local.cache.from_reply(
-            change.state,
-            change.generation,
-            change.open_until_ms,
-            change.now_ms,
-            self.clock.monotonic(),
+            change.state, change.generation, change.open_until_ms, change.now_ms, asked_at
         )
 
     def _warn_conflict(self, other: str) -> None:

@@ -147,7 +147,8 @@ def test_worker_containers_trip_one_shared_breaker(
 ) -> None:
     project, env, port = stack
     client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
-    state_key, failures_key, _ = breaker_keys("compose", "upstream")
+    keys = breaker_keys("compose", "upstream")
+    state_key, failures_key = keys.state, keys.failures
     deadline = time.monotonic() + 60
     state: dict[Any, Any] = {}
     while time.monotonic() < deadline:

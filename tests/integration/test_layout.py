@@ -19,6 +19,7 @@ import pytest
 
 import distbreaker
 from distbreaker import Breaker, BreakerConfig
+from distbreaker.store import breaker_keys
 from tests.conftest import wait_for_subscribers
 
 pytestmark = pytest.mark.integration
@@ -26,11 +27,7 @@ pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
 DB = 9  # a database of its own, so the default "distbreaker" prefix collides with nothing
 NOW = 1_790_000_000.0
-KEYS = (
-    "distbreaker:{github}:state",
-    "distbreaker:{github}:failures",
-    "distbreaker:{github}:probes",
-)
+KEYS = tuple(breaker_keys("distbreaker", "github"))
 
 
 def _cli(url: str) -> list[str]:
@@ -56,7 +53,8 @@ def transcript(url: str) -> str:
         [*cli, "subscribe", "distbreaker:events"], stdout=subprocess.PIPE, text=True
     )
     wait_for_subscribers(client, "distbreaker:events", 1)  # redis-cli listens before the trip
-    breaker = Breaker("github", client, BreakerConfig(), clock=lambda: NOW)
+    config = BreakerConfig(reporter_id="web-1")  # a stable reporter for the README
+    breaker = Breaker("github", client, config, clock=lambda: NOW)
     breaker._protocol.local.worker_id = "web-1:4242:9f3a"  # stable members for the README
 
     def timeout() -> None:
@@ -77,6 +75,8 @@ def transcript(url: str) -> str:
         run("--scan", "--pattern", "distbreaker:{github}:*"),
         run("hgetall", "distbreaker:{github}:state"),
         run("zrange", "distbreaker:{github}:failures", "0", "-1", "withscores"),
+        run("hgetall", "distbreaker:{github}:calls"),
+        run("zrange", "distbreaker:{github}:reporters", "0", "-1", "withscores"),
         run("ttl", "distbreaker:{github}:state"),
         "$ redis-cli subscribe distbreaker:events\n" + events,
     ]
