@@ -18,7 +18,7 @@ from distbreaker.operation import (
     create_async_network_operation,
     create_network_operation,
 )
-from distbreaker.retry import RetryBudget, RetryPolicy
+from distbreaker.retry import FleetRetryBudget, RetryBudget, RetryPolicy
 from distbreaker.status import BreakerStatus
 from distbreaker.store import connect, connect_async, connect_cluster, connect_cluster_async
 
@@ -35,6 +35,7 @@ __all__ = [
     "BreakerStatus",
     "CircuitOpenError",
     "DistbreakerError",
+    "FleetRetryBudget",
     "ImageUnavailableError",
     "NetworkOperation",
     "RetryBudget",

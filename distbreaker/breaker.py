@@ -349,7 +349,9 @@ class Breaker(_Shell):
             protocol.recorded(change, asked)
         if plan.batch is not None:
             asked = protocol.clock.monotonic()
-            report = self._store.report(protocol.clock.server_ms(), plan.batch, plan.would_refuse)
+            report = self._store.report(
+                protocol.clock.server_ms(), plan.batch, plan.would_refuse, plan.local_until_ms
+            )
             plan.batch = None
             protocol.reported(report, asked)
 
@@ -589,7 +591,7 @@ class AsyncBreaker(_Shell):
         if plan.batch is not None:
             asked = protocol.clock.monotonic()
             report = await self._store.report(
-                protocol.clock.server_ms(), plan.batch, plan.would_refuse
+                protocol.clock.server_ms(), plan.batch, plan.would_refuse, plan.local_until_ms
             )
             plan.batch = None
             protocol.reported(report, asked)

@@ -149,6 +149,7 @@ class Snapshot:
     malformed: str = ""
     config_conflict: str = ""
     config_json: str = ""
+    locally_open: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ class _Data:
     counts: dict[tuple[str, int], int] = field(default_factory=dict)  # (c|f|r, bucket) -> n
     reporters: dict[str, int] = field(default_factory=dict)
     batches: dict[str, int] = field(default_factory=dict)  # worker -> last sequence number
+    local_opens: dict[str, int] = field(default_factory=dict)  # reporter -> until (ms)
 
 
 class BreakerModel:
@@ -318,7 +320,15 @@ class BreakerModel:
             return self._reply(now_ms, changed)
 
     def report(
-        self, now_ms: int, batch: str, worker: str, seq: int, would_refuse: int = 0
+        self,
+        now_ms: int,
+        batch: str,
+        worker: str,
+        seq: int,
+        would_refuse: int = 0,
+        *,
+        reporter: str = "",
+        local_until_ms: int = 0,
     ) -> Report:
         """Twin of ``report.lua``: a worker's batch of counts."""
         with self._lock:
@@ -326,6 +336,10 @@ class BreakerModel:
             if self._claim_batch(worker, seq):
                 self._apply_counts(now_ms, batch)
                 d.would_refuse_total += max(0, would_refuse)
+                if local_until_ms > now_ms:
+                    d.local_opens[reporter] = local_until_ms
+                else:
+                    d.local_opens.pop(reporter, None)
             return Report(d.state, d.generation, d.open_until, now_ms, self._counts(now_ms))
 
     def control(
@@ -405,6 +419,7 @@ class BreakerModel:
                 actor=d.actor,
                 note=d.note,
                 config_json=self.config.as_json() if d.config_stored else "",
+                locally_open=",".join(sorted(r for r, t in d.local_opens.items() if t > now_ms)),
             )
 
     # -- internals ------------------------------------------------------------------

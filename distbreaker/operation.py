@@ -57,9 +57,12 @@ class _OperationBase:
                 self.budget.record_failure()
             budget_left = self.budget.can_retry()
         elapsed = self._clock() - started
-        return after_failure(
+        step = after_failure(
             self.retry, attempt, verdict, elapsed, self._rng, budget_left=budget_left
         )
+        if isinstance(step, Retry) and self.budget is not None:
+            self.budget.record_retry()
+        return step
 
     def _succeeded(self) -> None:
         if self.budget is not None:

@@ -96,6 +96,7 @@ class Upkeep:
     records: list[tuple[str, int, str]] = field(default_factory=list)
     batch: Batch | None = None
     would_refuse: int = 0
+    local_until_ms: int = 0
     wake_in: float = IDLE_WAKE
 
 
@@ -115,9 +116,10 @@ class CallProtocol:
         self._classifier = classifier
         self._cached = config.consistency == "cached"
         self._enforce = config.enforce
-        # Batched reports: the rate rule needs the fleet's calls; a dry run its refusals.
-        self.reports = config.counts_calls or not config.enforce
         self._quorum = config.min_reporters > 1
+        # Batched reports: the rate rule needs the fleet's calls, a dry run its refusals, a
+        # quorum the word of reporters open on their own.
+        self.reports = config.counts_calls or not config.enforce or self._quorum
         self.fleet = Window(0, 0, 0, 0)  # the last window totals a script returned
         self._start_process()
 
@@ -126,6 +128,7 @@ class CallProtocol:
         # the subscriber holds listeners weakly: this reference keeps the feed alive
         self.feed = _CacheFeed(self.clock, self.local.cache)
         self._next_report = 0.0
+        self._reported_local_open = False
 
     def renew(self) -> bool:
         """After a fork: a new process state; True when the twin must rebuild its store."""
@@ -469,8 +472,17 @@ class CallProtocol:
             return plan
         if local.pending:
             plan.records = local.pending.take(now)
-        if self.reports and (final or now >= self._next_report) and local.counts.pending():
+        trip = local.local_trip
+        local_open = trip.active
+        due = final or now >= self._next_report
+        changed = local_open != self._reported_local_open
+        if self.reports and (changed or (due and (local.counts.pending() or local_open))):
             plan.batch, plan.would_refuse = self._take_batch()
+            if local_open:
+                # shown for a few reports past its deadline: refreshed while it lasts
+                ahead = max(trip.until - now, 0.0) + 4 * self.config.report_interval
+                plan.local_until_ms = self.clock.wall_ms() + round(ahead * 1000)
+            self._reported_local_open = local_open
             self._next_report = now + self.config.report_interval
         if self.reports:
             plan.wake_in = max(0.001, min(IDLE_WAKE, self._next_report - now))
@@ -493,6 +505,7 @@ class CallProtocol:
         now = self.clock.monotonic()
         if plan.batch is not None:
             self.local.counts.give_back(plan.batch[0], plan.would_refuse, now)
+            self._reported_local_open = not self.local.local_trip.active  # send it again
         for call_id, generation, outcome in plan.records:
             self.local.pending.add(call_id, generation, outcome, now + self.config.probe_timeout)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distbreaker.classify import MAX_RATE_LIMIT_WAIT, Verdict
+
+if TYPE_CHECKING:
+    from distbreaker.breaker import AsyncBreaker, Breaker
 
 
 class RetryPolicy(BaseModel):
@@ -157,5 +160,76 @@ class RetryBudget:
     def can_retry(self) -> bool:
         return self._tokens > self.max_tokens / 2
 
+    def record_retry(self) -> None:
+        """A retry is about to be made (the fleet budget counts them; tokens do not)."""
+
     def __repr__(self) -> str:
         return f"<RetryBudget {self._tokens:.1f}/{self.max_tokens:g} tokens>"
+
+
+class FleetRetryBudget(RetryBudget):
+    """A retry budget for the whole fleet, the way Envoy and Finagle define one.
+
+    Retries inside the breaker's ``window`` stay below ``ratio`` of the calls made through
+    it fleet-wide, plus a floor of ``min_retries_per_second`` (so a quiet fleet may still
+    retry). The fleet's calls and retries arrive with the batched reports the breaker sends
+    anyway (at most once per ``report_interval``), so a retry costs no extra round trip;
+    retries this process made since the last report count at once. While Redis is
+    unreachable the floor alone applies. Use one per breaker; thread-safe.
+    """
+
+    def __init__(
+        self,
+        breaker: Breaker | AsyncBreaker,
+        ratio: float = 0.2,
+        min_retries_per_second: float = 1.0,
+    ) -> None:
+        if isinstance(ratio, bool) or not 0 < ratio <= 10:
+            raise ValueError("ratio must be in (0, 10]")
+        if isinstance(min_retries_per_second, bool) or not 0 <= min_retries_per_second <= 10_000:
+            raise ValueError("min_retries_per_second must be between 0 and 10000")
+        self.ratio = float(ratio)
+        self.min_retries_per_second = float(min_retries_per_second)
+        self._breaker = breaker
+        self._lock = threading.Lock()
+        self._seen: object = None
+        self._unreported = 0
+        breaker._protocol.reports = True  # its calls and retries must reach the fleet totals
+
+    def record_success(self) -> None:
+        """Calls are counted by the breaker itself."""
+
+    def record_failure(self) -> None:
+        """Failures are counted by the breaker itself."""
+
+    def record_retry(self) -> None:
+        protocol = self._breaker._protocol
+        protocol.local.counts.add_retry(protocol.clock.monotonic())
+        with self._lock:
+            self._sync(protocol.fleet)
+            self._unreported += 1
+
+    def _sync(self, fleet: object) -> None:
+        if fleet is not self._seen:  # a new total arrived: it holds what we reported
+            self._seen, self._unreported = fleet, 0
+
+    def allowance(self) -> float:
+        """Retries the fleet may make inside the window now."""
+        protocol = self._breaker._protocol
+        floor = self.min_retries_per_second * protocol.config.window
+        if not protocol.store_ok:
+            return floor
+        return self.ratio * protocol.fleet.calls + floor
+
+    def used(self) -> int:
+        """Retries the fleet made inside the window, as far as this process knows."""
+        protocol = self._breaker._protocol
+        with self._lock:
+            self._sync(protocol.fleet)
+            return (protocol.fleet.retries if protocol.store_ok else 0) + self._unreported
+
+    def can_retry(self) -> bool:
+        return self.used() < self.allowance()
+
+    def __repr__(self) -> str:
+        return f"<FleetRetryBudget {self.used()}/{self.allowance():.0f} retries in window>"

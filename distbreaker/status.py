@@ -20,7 +20,8 @@ class BreakerStatus(BaseModel):
     ``hold_open: rate limited``, ``force_open``, ``repaired`` ...), ``actor`` and ``note``
     who did it and why when it was an operator. ``since`` is how long the breaker has been
     in its state. ``locally_open``: this process refuses on its own (a lone sick reporter)
-    while the fleet is closed. ``dry_run``: ``enforce=False``, nothing is refused;
+    while the fleet is closed; ``locally_open_reporters``: every reporter that says it
+    does. ``dry_run``: ``enforce=False``, nothing is refused;
     ``would_refuse_total`` counts the calls that would have been.
     """
 
@@ -43,6 +44,7 @@ class BreakerStatus(BaseModel):
     failure_rate: float | None = None
     reporters: int = 0
     locally_open: bool = False
+    locally_open_reporters: list[str] = []
     reason: str = ""
     actor: str = ""
     note: str = ""
@@ -89,6 +91,7 @@ def status_from_snapshot(
         failure_rate=rate,
         reporters=snap.reporters_in_window,
         locally_open=locally_open,
+        locally_open_reporters=[r for r in snap.locally_open.split(",") if r],
         reason=snap.reason,
         actor=snap.actor,
         note=snap.note,

@@ -173,7 +173,7 @@ def parse_snapshot(reply: Sequence[Any]) -> Snapshot:
     values: list[Any] = [_state(reply[0])]
     values += [int(x) for x in reply[1:18]]
     values += [printable(x) for x in reply[18:22]]
-    values += [_text(reply[22]), _text(reply[23])]
+    values += [_text(reply[22]), _text(reply[23]), printable(reply[24], 2000)]
     if len(values) != len(names):
         raise ValueError(f"{len(reply)} fields")
     return Snapshot(**dict(zip(names, values, strict=True)))
@@ -285,9 +285,11 @@ class SyncStore(_StoreBase):
         args = self._record_args(now_ms, "", 0, "hold", hold_ms, reason, None)
         return parse_change(self._scripts["record"](self.keys, args))
 
-    def report(self, now_ms: int | None, batch: Batch, would_refuse: int = 0) -> Report:
+    def report(
+        self, now_ms: int | None, batch: Batch, would_refuse: int = 0, local_until_ms: int = 0
+    ) -> Report:
         counts, worker, seq = batch
-        args = self._args(now_ms, counts, worker, str(seq), str(would_refuse))
+        args = self._args(now_ms, counts, worker, str(seq), str(would_refuse), str(local_until_ms))
         return parse_report(self._scripts["report"](self.keys, args))
 
     def control(
@@ -339,9 +341,11 @@ class AsyncStore(_StoreBase):
         args = self._record_args(now_ms, "", 0, "hold", hold_ms, reason, None)
         return parse_change(await self._scripts["record"](self.keys, args))
 
-    async def report(self, now_ms: int | None, batch: Batch, would_refuse: int = 0) -> Report:
+    async def report(
+        self, now_ms: int | None, batch: Batch, would_refuse: int = 0, local_until_ms: int = 0
+    ) -> Report:
         counts, worker, seq = batch
-        args = self._args(now_ms, counts, worker, str(seq), str(would_refuse))
+        args = self._args(now_ms, counts, worker, str(seq), str(would_refuse), str(local_until_ms))
         return parse_report(await self._scripts["report"](self.keys, args))
 
     async def control(

@@ -144,6 +144,20 @@ local function bucket_of(at)
   return at - (at % BUCKET)
 end
 
+-- Reporters open on their own right now (`l:<reporter>` = until in the calls hash),
+-- sorted, comma-separated.
+local function locally_open()
+  if not K_CALLS then return '' end
+  local flat = redis.call('HGETALL', K_CALLS)
+  local open = {}
+  for i = 1, #flat, 2 do
+    local reporter = string.match(flat[i], '^l:(.+)$')
+    if reporter and (tonumber(flat[i + 1]) or 0) > NOW then open[#open + 1] = reporter end
+  end
+  table.sort(open)
+  return table.concat(open, ',')
+end
+
 -- Distinct reporters with a failure inside the window.
 local function reporters_in_window()
   if not K_REPORTERS then return 0 end

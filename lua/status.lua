@@ -8,7 +8,7 @@
 --          probes_in_flight, now_ms, calls_in_window, rate_failures_in_window,
 --          retries_in_window, reporters_in_window, open_streak, would_refuse_total,
 --          reason, actor, note, malformed (comma-separated field names, '' = none),
---          config_conflict (JSON, ''), config (JSON, '') }
+--          config_conflict (JSON, ''), config (JSON, ''), locally_open (reporters, '') }
 --   (times in ms since the epoch, 0 = never). A hash that cannot be read is shown as the
 --   scripts would repair it (closed unless its state is readable), with `malformed` set.
 --!include _lib.lua
@@ -38,5 +38,5 @@ return {
   failures_total, opens_total, last_failure_at, last_transition_at, s.probe_successes or 0,
   redis.call('ZCOUNT', K_PROBES, '(' .. NOW, '+inf'), NOW, calls, rate_failures, retries,
   reporters_in_window(), s.streak or 0, would_refuse, text(extra[6]), text(extra[7]),
-  text(extra[8]), table.concat(bad, ','), text(extra[9]), text(extra[10]),
+  text(extra[8]), table.concat(bad, ','), text(extra[9]), text(extra[10]), locally_open(),
 }

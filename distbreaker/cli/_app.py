@@ -20,6 +20,7 @@ from distbreaker.cli._render import (
     STATUS_COLUMNS,
     Output,
     clock_time,
+    conflict_text,
     error_line,
     status_row,
 )
@@ -192,6 +193,9 @@ def status(
             f"failures counted in the default {BreakerConfig().window:g}s window",
             "dim",
         )
+    for status_ in statuses:
+        if status_.config_conflict:
+            out.line(f"{status_.name}: {conflict_text(status_.config_conflict)}", "yellow")
 
 
 @app.command()
@@ -471,7 +475,14 @@ def _diagnose_store(
     for s in statuses:
         plural = "" if s.failure_count == 1 else "s"
         detail = f"{s.failure_count} failure{plural} in window, generation {s.generation}"
+        if s.reason:
+            detail += f", last transition: {s.reason}" + (f" by {s.actor}" if s.actor else "")
         add([f"  {s.name}", s.state, detail], [None, STATE_STYLES.get(s.state), None])
+        if s.config_conflict:
+            add(
+                [f"  {s.name}", "conflict", conflict_text(s.config_conflict)],
+                [None, "yellow", None],
+            )
     return True
 
 

@@ -14,6 +14,7 @@ from rich.text import Text
 from distbreaker.config import BreakerConfig
 from distbreaker.core import Event
 from distbreaker.status import BreakerStatus
+from distbreaker.store import printable
 
 STATE_STYLES = {
     "closed": "green",
@@ -106,14 +107,48 @@ def clock_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
 
 
+def evidence(status: BreakerStatus, config: BreakerConfig | None) -> str:
+    """The evidence against the rule in use: ``3/5 in 120s`` or ``40% of 250 calls ...``."""
+    window = BreakerConfig().window if config is None else config.window
+    if config is not None and config.failure_rate_threshold is not None:
+        rate = status.failure_rate or 0.0
+        text = (
+            f"{rate:.0%} of {status.calls_in_window or 0} calls in {window:g}s "
+            f"(opens at {config.failure_rate_threshold:.0%}, min {config.minimum_calls})"
+        )
+    else:
+        threshold = "?" if config is None else str(config.failure_threshold)
+        text = f"{status.failure_count}/{threshold} in {window:g}s"
+    if config is not None and config.min_reporters > 1:
+        text += f", {status.reporters}/{config.min_reporters} reporters"
+    if status.locally_open_reporters:
+        text += f"; open locally on {', '.join(status.locally_open_reporters)}"
+    return text
+
+
+def conflict_text(raw: str) -> str:
+    """The stored record of two writers with different settings, in one line."""
+    try:
+        record = json.loads(raw)
+        first, second = (json.loads(text) for text in record["settings"])
+        differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+        parts = [f"{printable(k, 40)} {first.get(k)!r} vs {second.get(k)!r}" for k in differ]
+        when = datetime.fromtimestamp(record["at"] / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "processes use different settings (the record of it is unreadable)"
+    return f"processes use different settings ({'; '.join(parts) or 'same values'}), seen {when}"
+
+
+def state_text(status: BreakerStatus) -> str:
+    return f"{status.state} (dry run)" if status.dry_run else status.state
+
+
 def status_row(status: BreakerStatus, config: BreakerConfig | None, now: float) -> list[str]:
     """One table row; ``config`` is None while the breaker has stored no settings."""
-    threshold = "?" if config is None else str(config.failure_threshold)
-    window = BreakerConfig().window if config is None else config.window
     return [
         status.name,
-        status.state,
-        f"{status.failure_count}/{threshold} in {window:g}s",
+        state_text(status),
+        evidence(status, config),
         str(status.generation),
         resets_in(status),
         ago(status.last_failure_at, now),

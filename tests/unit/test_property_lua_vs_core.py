@@ -57,7 +57,13 @@ steps = st.lists(
         records,
         admits,
         records,
-        st.tuples(st.just("report"), st.integers(0, 2), batches, st.integers(0, 3)),
+        st.tuples(
+            st.just("report"),
+            st.integers(0, 2),
+            batches,
+            st.integers(0, 3),
+            st.sampled_from([0, 0, 1_500, 5_000]),
+        ),
         st.tuples(st.just("hold"), st.integers(0, 5_000)),
         st.tuples(
             st.just("advance"),
@@ -118,8 +124,17 @@ def run_both(client: Any, config: BreakerConfig, sequence: list[tuple[Any, ...]]
             who = step[1]
             seqs[who] += 1
             batch = (step[2], f"worker-{who}", seqs[who])
-            expected = model.report(now, step[2], batch[1], batch[2], step[3])
-            actual = stores[who].report(now, batch, step[3])
+            local_until = now + step[4] if step[4] else 0
+            expected = model.report(
+                now,
+                step[2],
+                batch[1],
+                batch[2],
+                step[3],
+                reporter=REPORTERS[who],
+                local_until_ms=local_until,
+            )
+            actual = stores[who].report(now, batch, step[3], local_until)
         elif kind == "hold":
             expected = model.hold(now, step[1], "rate limited")
             actual = stores[0].hold(now, step[1], "rate limited")
