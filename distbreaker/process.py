@@ -229,11 +229,16 @@ class Counts:
     def pending(self) -> bool:
         return bool(self._buckets) or self.would_refuse > 0
 
-    def take(self, now: float) -> tuple[str, int, int]:
-        """The batch (counts, sequence number, would-refuse count); empties this copy."""
+    def take(self, now: float, with_refusals: bool = True) -> tuple[str, int, int]:
+        """The batch (counts, sequence number, would-refuse count); empties this copy.
+
+        ``with_refusals=False`` leaves the would-refuse count for the next report (a record
+        script, which carries counts along, has no place for it).
+        """
         with self._lock:
             buckets, self._buckets = self._buckets, {}
-            refused, self.would_refuse = self.would_refuse, 0
+            refused = self.would_refuse if with_refusals else 0
+            self.would_refuse -= refused
             self.sequence += 1
             sequence = self.sequence
         items = []

@@ -156,7 +156,16 @@ class CallProtocol:
             refusing = cache.refusing(now)
             if refusing is not None:
                 return self._refuse(CircuitOpenError(self.name, *refusing), cache.generation)
-        if local.local_trip.active:
+        if local.local_trip.active and guard.ok:
+            now = self.clock.monotonic()
+            if self._cached and local.cache.fresh(now):
+                refusing = local.cache.refusing(now)
+                if refusing is None:
+                    return self._local_admission()
+                self._fleet_governs()
+                return self._refuse(CircuitOpenError(self.name, *refusing), local.cache.generation)
+            # strict, or a stale copy: the script says whether the fleet opened meanwhile
+        elif local.local_trip.active:
             return self._local_admission()
         if not guard.allow(self.clock.monotonic()):
             return self._degraded_admission("backing off after a store error")
@@ -172,7 +181,16 @@ class CallProtocol:
             admission.retry_after_ms,
             asked.asked_at,
         )
+        if self.local.local_trip.active:
+            if admission.allowed and admission.state == "closed":
+                return self._local_admission()  # the fleet is closed: the local open stands
+            self._fleet_governs()
         return self._ticket_or_refusal(admission, asked.call_id, shared=True)
+
+    def _fleet_governs(self) -> None:
+        """The fleet's breaker left closed: a local open ends, the fleet's state decides."""
+        if self.local.local_trip.close():
+            self._local_event(False, "the fleet opened")
 
     def admit_failed(self, error: BaseException) -> Ticket | CircuitOpenError:
         """Redis did not answer the admission: decide as ``on_store_error`` says."""
@@ -274,7 +292,8 @@ class CallProtocol:
         """A failure carries this process's counts along, so its view is current."""
         if outcome != "failure" or not self.reports or not self.local.counts.pending():
             return None
-        return self._take_batch()[0]
+        counts, sequence, _ = self.local.counts.take(self.clock.monotonic(), with_refusals=False)
+        return counts, self.local.worker_id, sequence
 
     def recorded(self, change: Change, asked_at: float) -> None:
         """Redis took an outcome or a command (asked at ``asked_at``, monotonic): learn the
@@ -340,8 +359,7 @@ class CallProtocol:
         trip = self.local.local_trip
         now = self.clock.monotonic()
         if change.state != "closed":
-            if trip.close():
-                self._local_event(False, "the fleet opened")
+            self._fleet_governs()
             return
         # this process's own calls would open the breaker, but too few reporters fail
         # for the fleet to open: the sick reporter protects itself alone

@@ -64,11 +64,21 @@ def _run_job(job: Job, final: bool = False) -> float:
 
 _lock = threading.Lock()
 _thread: _Thread | None = None
+_background = True
+
+
+def run_in_background(enabled: bool) -> None:
+    """Testing switch: with ``False``, breakers first used from now on get no background
+    upkeep, and a test calls ``breaker.upkeep()`` itself, at the moments it chooses."""
+    global _background
+    _background = enabled
 
 
 def register(job: Job) -> None:
     """Run ``job.upkeep()`` in this process's upkeep thread (started on first use)."""
     global _thread
+    if not _background:
+        return
     with _lock:
         if _thread is None or _thread.pid != os.getpid():
             _thread = _Thread()
@@ -116,6 +126,8 @@ _tasks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Task] = weakref.We
 
 def register_async(job: AsyncJob) -> None:
     """Run ``await job.upkeep()`` in the running loop's upkeep task (started on first use)."""
+    if not _background:
+        return
     loop = asyncio.get_running_loop()
     task = _tasks.get(loop)
     if task is None or task.task.done():
