@@ -12,8 +12,10 @@
   before the first sample and answered a PING sent after the second).
 - **Probes**: at no instant more than ``half_open_max_calls`` operations run that were
   admitted as shared half-open probes. A lease counts from the operation's start until
-  its end, cut at ``probe_timeout`` after the call began and at any instant Redis lost its
-  data; from the first garbage write on, probes are not counted at all.
+  its end, cut at any instant Redis lost its data and at the *lease horizon* after the
+  call began: ``min(reset_timeout, probe_timeout)``, since a reopen by another probe's
+  failure revokes every lease and the next half-open admits new probes no sooner than
+  ``reset_timeout`` later. From the first garbage write on, probes are not counted.
 - **Exceptions**: nothing reaches a caller but its own exception or ``CircuitOpenError``;
   ``status()`` raises nothing.
 - **Latency**: no call spends longer in distbreaker than the bound.
@@ -51,7 +53,7 @@ class Bounds:
     """The limits the verdict applies (seconds)."""
 
     half_open_max_calls: int
-    probe_timeout: float
+    lease_horizon: float  # min(reset_timeout, probe_timeout): see the module doc
     resume: float = 1.0
     added_latency: float = 1.25
     refusal: float = 2.4
@@ -274,7 +276,7 @@ def _must_have_received(
 # -- probes, exceptions, latency, resume, keys -----------------------------------------
 
 
-def max_probes(calls: Iterable[Call], phase: Phase, probe_timeout: float) -> int:
+def max_probes(calls: Iterable[Call], phase: Phase, lease_horizon: float) -> int:
     """The most operations that ran at once as shared half-open probes (see the module doc)."""
     edges: list[tuple[float, int]] = []
     for call in calls:
@@ -282,7 +284,7 @@ def max_probes(calls: Iterable[Call], phase: Phase, probe_timeout: float) -> int
             continue
         if call.op_started is None or call.op_ended is None:
             continue
-        start, end = call.op_started, min(call.op_ended, call.started + probe_timeout)
+        start, end = call.op_started, min(call.op_ended, call.started + lease_horizon)
         if phase.blind_from is not None:
             if start >= phase.blind_from:
                 continue
@@ -390,7 +392,7 @@ def check(run: Run) -> list[Row]:
             row.events = account_events(
                 samples, events, run.connections, run.epochs, phase.blind_from
             )
-            row.max_probes = max_probes(mine, phase, run.bounds.probe_timeout)
+            row.max_probes = max_probes(mine, phase, run.bounds.lease_horizon)
             row.longest_refusal = longest_refusal(mine, phase)
             worst = slowest(mine)
             row.worst_added = 0.0 if worst is None else worst.added_latency

@@ -29,6 +29,7 @@ class LatencyProxy:
         self._thread: threading.Thread | None = None
         self._listening = threading.Event()
         self._transports: set[asyncio.BaseTransport] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -66,10 +67,20 @@ class LatencyProxy:
             await self._stopping.wait()
             for transport in list(self._transports):
                 transport.abort()
+            handlers = set(self._handlers)
+            if handlers:
+                _, pending = await asyncio.wait(handlers, timeout=2.0)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _connection(
         self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             upstream, to_upstream = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.target_port), CONNECT_TIMEOUT

@@ -21,6 +21,7 @@ class Line:
     mode: str
     calls: int = 0
     transitions: int = 0
+    events_excused: int = 0
     lost_low: int = 0
     lost_high: int = 0
     excused: int = 0
@@ -35,6 +36,7 @@ class Line:
     def add(self, row: Row) -> None:
         self.calls += row.calls
         self.transitions += row.events.transitions
+        self.events_excused += row.events.excused
         self.lost_low += row.records.lost_low
         self.lost_high += row.records.lost_high
         self.excused += row.records.excused
@@ -124,6 +126,13 @@ def render(rows: Sequence[Row], bounds: Bounds, notes: Sequence[str] = ()) -> st
         f"Lost records: failures sent through Redis but missing from failures_total; "
         f"{excused} sent failures met a store error or the back-off (allowed to be lost); "
         f"n/a: {unaccounted} sent while Redis had lost or garbled its counters."
+    )
+    transitions = sum(line.transitions for line in lines)
+    unheard = sum(line.events_excused for line in lines)
+    parts.append(
+        f"Events: {transitions} transitions between samples, each checked for exactly one event "
+        f"on the channel; {unheard} had none while the recorder was not provably listening "
+        "(allowed)."
     )
     found = violations(lines, rounds)
     parts += ["", f"Violations: {len(found)}" if found else "Violations: none"]

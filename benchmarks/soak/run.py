@@ -355,7 +355,7 @@ class Soak:
         ]
         bounds = Bounds(
             half_open_max_calls=SETTINGS["half_open_max_calls"],
-            probe_timeout=SETTINGS["probe_timeout"],
+            lease_horizon=min(SETTINGS["reset_timeout"], SETTINGS["probe_timeout"]),
             resume=self.args.resume_bound,
             added_latency=self.args.latency_bound,
             refusal=self.args.refusal_bound,

@@ -36,7 +36,7 @@ from benchmarks.soak.timeline import (
     write_records,
 )
 
-BOUNDS = Bounds(half_open_max_calls=2, probe_timeout=10.0, resume=1.0, added_latency=1.25)
+BOUNDS = Bounds(half_open_max_calls=2, lease_horizon=0.4, resume=1.0, added_latency=1.25)
 RUN_ID = "server-a"
 EPOCHS = {RUN_ID: 0}
 
@@ -268,33 +268,33 @@ def probe(start: float, end: float, **fields: Any) -> Call:
 
 def test_concurrent_probes_are_counted_fleet_wide() -> None:
     calls = [probe(1.0, 1.5, worker=0), probe(1.1, 1.6, worker=1), probe(1.2, 1.3, worker=2)]
-    assert max_probes(calls, phase(), probe_timeout=10.0) == 3
+    assert max_probes(calls, phase(), lease_horizon=0.4) == 3
 
 
 def test_a_probe_starting_as_another_ends_does_not_overlap() -> None:
     calls = [probe(1.0, 1.5), probe(1.5, 2.0, worker=1)]
-    assert max_probes(calls, phase(), probe_timeout=10.0) == 1
+    assert max_probes(calls, phase(), lease_horizon=0.4) == 1
 
 
 def test_local_probes_and_refusals_are_not_fleet_probes() -> None:
     calls = [probe(1.0, 1.5), probe(1.1, 1.6, shared=False), refused(1.2, state="half_open")]
-    assert max_probes(calls, phase(), probe_timeout=10.0) == 1
+    assert max_probes(calls, phase(), lease_horizon=0.4) == 1
 
 
 def test_a_lease_lost_with_the_data_stops_counting_its_probe() -> None:
     calls = [probe(1.0, 3.0), probe(2.5, 2.6, worker=1)]
-    assert max_probes(calls, phase(lease_losses=(2.0,)), probe_timeout=10.0) == 1
-    assert max_probes(calls, phase(), probe_timeout=10.0) == 2
+    assert max_probes(calls, phase(lease_losses=(2.0,)), lease_horizon=10.0) == 1
+    assert max_probes(calls, phase(), lease_horizon=10.0) == 2
 
 
-def test_a_probe_outliving_probe_timeout_stops_counting() -> None:
-    calls = [probe(1.0, 20.0), probe(15.0, 15.1, worker=1)]
-    assert max_probes(calls, phase(), probe_timeout=10.0) == 1
+def test_a_probe_outliving_the_lease_horizon_stops_counting() -> None:
+    calls = [probe(1.0, 2.0), probe(1.5, 1.6, worker=1), probe(1.6, 1.7, worker=2)]
+    assert max_probes(calls, phase(), lease_horizon=0.4) == 1
 
 
 def test_probes_after_the_hash_was_overwritten_are_not_counted() -> None:
     calls = [probe(1.0, 1.5), probe(6.0, 6.5), probe(6.1, 6.6, worker=1), probe(6.2, 6.7, worker=2)]
-    assert max_probes(calls, phase(blind_from=5.0), probe_timeout=10.0) == 1
+    assert max_probes(calls, phase(blind_from=5.0), lease_horizon=0.4) == 1
 
 
 # -- exceptions, resume, refusals ------------------------------------------------------------
