@@ -193,7 +193,7 @@ class Soak:
                     ready.get(timeout=max(0.1, deadline - time.monotonic()))
                 except queue.Empty:
                     raise HarnessError("the workers did not start within 120 s") from None
-            self.t0 = time.monotonic() + 0.5
+            self.t0 = time.monotonic() + 1.0  # every worker starts its threads first
             start_at.value = self.t0
             go.set()
             yield processes
