@@ -119,10 +119,14 @@ class ClientKill(Fault):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.name = f"client_kill_{kind}"
+        self.killed: list[int] = []
 
     def strike(self, ctx: FaultContext, number: int) -> None:
-        killed = ctx.admin.execute_command("CLIENT", "KILL", "TYPE", self.kind)
-        ctx.notes.append(f"strike {number + 1}: {killed} {self.kind} connections killed")
+        self.killed.append(int(ctx.admin.execute_command("CLIENT", "KILL", "TYPE", self.kind)))
+
+    def stop(self, ctx: FaultContext) -> None:
+        counts = ", ".join(map(str, self.killed))
+        ctx.notes.append(f"{self.kind} connections killed at each strike: {counts}")
 
 
 class ScriptFlush(Fault):

@@ -69,6 +69,8 @@ def _lost(line: Line) -> str:
     text = str(line.lost_low)
     if line.lost_high != line.lost_low:
         text = f"{line.lost_low}-{line.lost_high}"
+    if line.lost_high and not any(v.invariant == "lost records" for _, v in line.violations):
+        text += " (store errors)"
     if line.unaccounted:
         text += f" (+{line.unaccounted} n/a)"
     return text

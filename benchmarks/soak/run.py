@@ -113,6 +113,7 @@ class PhaseLog:
     notes: list[str] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)
     outage_from: float | None = None
+    outage_tail: float = 0.0  # a hung request may still be answered this long after
     wiped: bool = False  # since the last sample
     overwritten: bool = False
 
@@ -123,10 +124,12 @@ class Soak:
         self.work = work
         self.prefix = f"soak-{uuid.uuid4().hex[:8]}"
         self.plans = schedule.plan(args.faults, args.duration)
+        self.hang = schedule.hang_seconds(self.plans)
         self.logs = [
             PhaseLog(p, {m: breaker_name(p.index, p.fault, m) for m in args.modes})
             for p in self.plans
         ]
+        self.faults = {p.index: faults.make(p.fault) for p in self.plans}
         self.samples: list[Sample] = []
         self.keys: list[KeyTTL] = []
         self.notes: list[str] = []
@@ -150,7 +153,7 @@ class Soak:
             stack.callback(admin.close)
             self.notes.append(f"redis-server {admin.info('server')['redis_version']}")
             context = multiprocessing.get_context("spawn")
-            upstream = UpstreamProcess(context).start()
+            upstream = UpstreamProcess(context, self.hang).start()
             stack.callback(self._upstream_note, upstream)
             recorder = EventRecorder(server.url, f"{self.prefix}:events").start()
             stack.callback(recorder.stop)
@@ -216,7 +219,7 @@ class Soak:
             elif kind == "start":
                 self._fault_start(ctx, log)
             elif kind == "strike":
-                faults.make(log.plan.fault).strike(ctx, int(argument))
+                self.faults[index].strike(ctx, int(argument))
             elif kind == "stop":
                 self._fault_stop(ctx, log)
             elif kind == "final":
@@ -229,7 +232,7 @@ class Soak:
     def _actions(self) -> list[tuple[float, int, str, int, object]]:
         actions: list[tuple[float, int, str, int, object]] = []
         for plan in self.plans:
-            fault = faults.make(plan.fault)
+            fault = self.faults[plan.index]
             i = plan.index
             actions.append((plan.start, 0, "sample", i, None))
             for burst in plan.bursts:
@@ -251,28 +254,29 @@ class Soak:
             time.sleep(delay)
         return max(0.0, -delay)
 
-    @staticmethod
-    def _weather(upstream: UpstreamProcess, log: PhaseLog, mode: str) -> None:
-        """Switch the upstream; an outage spans from before the switch to after the next."""
+    def _weather(self, upstream: UpstreamProcess, log: PhaseLog, mode: str) -> None:
+        """Switch the upstream; an outage spans from before the switch to after the next,
+        and past it by the hang time when requests were being held."""
         if mode != "ok":
             log.outage_from = time.monotonic()
+            log.outage_tail = self.hang if mode == "hang" else 0.0
             upstream.set_mode(mode)
             return
         upstream.set_mode(mode)
         if log.outage_from is not None:
-            log.outages.append((log.outage_from, time.monotonic()))
+            log.outages.append((log.outage_from, time.monotonic() + log.outage_tail))
             log.outage_from = None
 
     def _fault_start(self, ctx: faults.FaultContext, log: PhaseLog) -> None:
         self._sample(ctx, log, final=False)
         ctx.names, ctx.notes, ctx.lease_losses, ctx.blind_from = dict(log.names), [], [], None
-        fault = faults.make(log.plan.fault)
+        fault = self.faults[log.plan.index]
         log.fault_started = time.monotonic()
         fault.start(ctx)
         log.wiped = fault.wipes
 
     def _fault_stop(self, ctx: faults.FaultContext, log: PhaseLog) -> None:
-        fault = faults.make(log.plan.fault)
+        fault = self.faults[log.plan.index]
         fault.stop(ctx)
         log.fault_ended = time.monotonic()
         log.lease_losses, log.blind_from = list(ctx.lease_losses), ctx.blind_from

@@ -3,8 +3,10 @@
 Each phase gets fresh breakers (one per consistency mode), so no fault leaks into the next
 one's figures. A phase is a lead-in (25 %), the fault (25 %) and a recovery (50 %); the
 upstream has short outages in each part so that the breakers open, probe and close while
-the fault is on and after it. Counters are sampled at the part boundaries, where the
-upstream has been healthy for a while, so few recorded failures straddle a sample.
+the fault is on and after it. The lead-in's outage ends in a ``hang``: the next probes are
+held, so the fault begins while they are in flight and their outcome must be recorded
+into it. Counters are sampled at the part boundaries, where no failing outage is on, so
+few recorded failures straddle a sample.
 """
 
 from __future__ import annotations
@@ -81,18 +83,24 @@ def plan(faults: tuple[str, ...], duration: float) -> list[PhasePlan]:
     return phases
 
 
+def hang_seconds(phases: list[PhasePlan]) -> float:
+    """How long the upstream holds a request in a ``hang`` burst: half the shortest fault."""
+    return min(1.5, 0.5 * min(p.fault_end - p.fault_start for p in phases))
+
+
 def _phase(index: int, number: int, fault: str, start: float, length: float) -> PhasePlan:
     lead_in, window = LEAD_IN * length, FAULT * length
     fault_start = start + lead_in
     fault_end = fault_start + window
     recovery = start + length - fault_end
     burst = min(0.5, 0.3 * window)
-    starts = (
-        start + 0.35 * lead_in,
-        fault_start + 0.15 * window,
-        fault_start + 0.55 * window,
-        fault_end + 0.3 * recovery,
+    in_fault = fault_start + 0.4 * window
+    in_recovery = fault_end + 0.3 * recovery
+    bursts = (
+        Burst(start + 0.35 * lead_in, start + 0.6 * lead_in, "error"),
+        # the probes of the next half-open hang, so the fault starts with probes in flight
+        Burst(start + 0.6 * lead_in, fault_start + 0.15 * window, "hang"),
+        Burst(in_fault, in_fault + burst, "error"),
+        Burst(in_recovery, in_recovery + burst, "reset"),
     )
-    modes = ("error", "reset")
-    bursts = tuple(Burst(s, s + burst, modes[k % 2]) for k, s in enumerate(starts))
     return PhasePlan(index, number, fault, start, fault_start, fault_end, start + length, bursts)

@@ -23,10 +23,10 @@ STOP = "stop"
 BACKLOG = 256
 
 
-def serve(control: Connection) -> None:
+def serve(control: Connection, hang_seconds: float) -> None:
     """Child process: serve until told to stop; report the request count."""
     socketserver.TCPServer.request_queue_size = BACKLOG
-    with FlakyUpstream("ok", hang_seconds=5.0) as upstream:
+    with FlakyUpstream("ok", hang_seconds=hang_seconds) as upstream:
         control.send(upstream.port)
         while True:
             message = control.recv()
@@ -39,9 +39,10 @@ def serve(control: Connection) -> None:
 class UpstreamProcess:
     """Handle on the child: ``url``, ``set_mode(mode)``, ``stop() -> requests served``."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, hang_seconds: float) -> None:
         self._control, child = multiprocessing.Pipe()
-        self._process = context.Process(target=serve, args=(child,), name="soak-upstream")
+        args = (child, hang_seconds)
+        self._process = context.Process(target=serve, args=args, name="soak-upstream")
         self.port = 0
 
     @property

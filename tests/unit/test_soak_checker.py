@@ -443,10 +443,17 @@ def test_the_plan_runs_every_fault_in_rounds_of_short_phases() -> None:
         assert p.strikes[-1] == pytest.approx(p.fault_end)
 
 
-def test_bursts_leave_the_sample_instants_healthy() -> None:
+def test_no_failing_outage_is_on_at_a_sample_instant() -> None:
     for p in schedule.plan(schedule.FAULTS, 110.0):
+        failing = [b for b in p.bursts if b.mode != "hang"]
         for instant in (p.start, p.fault_start, p.fault_end, p.final_sample):
-            assert not any(b.start <= instant <= b.end for b in p.bursts)
+            assert not any(b.start <= instant <= b.end for b in failing)
+
+
+def test_the_fault_starts_while_the_upstream_holds_requests() -> None:
+    for p in schedule.plan(schedule.FAULTS, 110.0):
+        (hang,) = [b for b in p.bursts if b.mode == "hang"]
+        assert hang.start < p.fault_start < hang.end
 
 
 def test_an_unknown_fault_is_refused() -> None:
