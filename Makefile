@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test unit lint bench clean
+.PHONY: venv demo test unit lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	.ci/ensure-system-packages
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+## A bounded, self-checking chaos run on a private redis-server (~2 minutes; SOAK_ARGS=--short).
+soak: $(STAMP)
+	.ci/ensure-system-packages
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache .coverage
