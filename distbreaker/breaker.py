@@ -139,7 +139,7 @@ class Breaker(_Shell):
         protocol = self._process()
         ticket = self._admit(protocol)
         if isinstance(ticket, CircuitOpenError):
-            protocol.report(None, "refused", None)
+            protocol.report(None, "refused", None, ticket.state)
             if fallback is None:
                 raise ticket
             return fallback()
@@ -177,7 +177,7 @@ class Breaker(_Shell):
         protocol = self._process()
         ticket = self._admit(protocol)
         if isinstance(ticket, CircuitOpenError):
-            protocol.report(None, "refused", None)
+            protocol.report(None, "refused", None, ticket.state)
             raise ticket
         started = protocol.clock.monotonic()
         try:
@@ -392,7 +392,7 @@ class AsyncBreaker(_Shell):
         protocol = self._process()
         ticket = await self._admit(protocol)
         if isinstance(ticket, CircuitOpenError):
-            protocol.report(None, "refused", None)
+            protocol.report(None, "refused", None, ticket.state)
             if fallback is None:
                 raise ticket
             return await resolve(fallback())
@@ -426,7 +426,7 @@ class AsyncBreaker(_Shell):
         protocol = self._process()
         ticket = await self._admit(protocol)
         if isinstance(ticket, CircuitOpenError):
-            protocol.report(None, "refused", None)
+            protocol.report(None, "refused", None, ticket.state)
             raise ticket
         started = protocol.clock.monotonic()
         try:

@@ -23,13 +23,20 @@ CallOutcome = Literal[
 
 @dataclass(frozen=True, slots=True)
 class CallInfo:
-    """One call through a breaker: ``duration`` is ``None`` for refused calls."""
+    """One call through a breaker: ``duration`` is ``None`` for refused calls.
+
+    ``state`` is the state the call was admitted (or refused) in; ``shared`` is False when
+    this process decided alone (Redis unreachable); ``probe`` marks a half-open probe and
+    ``generation`` the breaker's generation at admission (-1 when unknown).
+    """
 
     name: str
     outcome: CallOutcome
     state: str
     duration: float | None
     shared: bool
+    probe: bool = False
+    generation: int = -1
 
 
 class Hook(Protocol):

@@ -349,7 +349,9 @@ class CallProtocol:
             return
         shown = state or (ticket.state if ticket else "open")
         shared = ticket.shared if ticket else self.local.guard.ok
-        hooks.emit("on_call", hooks.CallInfo(self.name, outcome, shown, duration, shared))
+        probe, generation = (ticket.probe, ticket.generation) if ticket else (False, -1)
+        info = hooks.CallInfo(self.name, outcome, shown, duration, shared, probe, generation)
+        hooks.emit("on_call", info)
 
     # -- the lone sick reporter --------------------------------------------------------
 

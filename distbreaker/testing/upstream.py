@@ -27,6 +27,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # a stopped upstream must not wait for a hanging handler
     block_on_close = False
+    # the stdlib's backlog of 5 makes bursts of clients wait for a SYN retransmit (1 s)
+    request_queue_size = 128
     upstream: FlakyUpstream
 
 
