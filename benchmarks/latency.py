@@ -73,6 +73,36 @@ class RoundTripCheck:
         return self.total <= allowance
 
 
+@dataclass(frozen=True)
+class ReportCheck:
+    """Server-side proof that healthy calls under the rate rule send only batched reports."""
+
+    calls: int
+    seconds: float
+    scripts: int
+    report_interval: float
+
+    @property
+    def allowance(self) -> int:
+        return int(self.seconds / self.report_interval) + 2
+
+    @property
+    def met(self) -> bool:
+        return self.scripts <= self.allowance
+
+
+def check_reports_only(admin: redis.Redis, breaker: Breaker, calls: int) -> ReportCheck:
+    """``calls`` healthy calls on a rate-rule breaker, counting the script calls Redis saw."""
+    breaker.execute(succeed)
+    before = server_commands(admin)
+    started = time.perf_counter()
+    time_calls(lambda: breaker.execute(succeed), calls)
+    seconds = time.perf_counter() - started
+    commands = commands_between(before, server_commands(admin))
+    scripts = sum(commands.get(name, 0) for name in ("evalsha", "eval"))
+    return ReportCheck(calls, seconds, scripts, breaker.config.report_interval)
+
+
 def check_no_round_trips(
     admin: redis.Redis, breaker: Breaker, case: Case, calls: int
 ) -> RoundTripCheck:

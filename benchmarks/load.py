@@ -37,6 +37,7 @@ class Scenario:
     failure_threshold: int = 5
     reset_timeout: float = 60.0
     slow_failure: float = 0.0  # a failing call takes this long before it raises
+    failure_rate: float | None = None  # the rate rule (successes reported in batches)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def _prepare(client: Any, job: Job) -> Breaker:
         failure_threshold=scenario.failure_threshold,
         reset_timeout=scenario.reset_timeout,
         window=10.0,
+        failure_rate_threshold=scenario.failure_rate,
+        minimum_calls=1_000_000,
     )
     breaker = Breaker("upstream", client, config)
     breaker.execute(lambda: None)  # subscribes and fills the cache
@@ -211,6 +214,12 @@ def scenarios(quick: bool) -> list[Scenario]:
     rows.append(
         Scenario("upstream down (reset_timeout 1 s)", 4, 500, failure_every=1, reset_timeout=1.0)
     )
+    rate_rows = (
+        ((1, 500), (8, 500), (1, 2000))
+        if quick
+        else [(n, r) for n in (1, 2, 4, 8) for r in (100, 500, 2000)]
+    )
+    rows += [Scenario("healthy, rate rule", n, r, failure_rate=0.5) for n, r in rate_rows]
     if not quick:
         rows.append(
             Scenario(

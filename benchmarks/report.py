@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from benchmarks.latency import Results, RoundTripCheck
+from benchmarks.latency import ReportCheck, Results, RoundTripCheck
 from benchmarks.load import LoadResult
 from benchmarks.propagation import Propagation
 from benchmarks.subjects import (
@@ -19,6 +19,7 @@ from benchmarks.subjects import (
     PING,
     PYBREAKER_MEMORY,
     PYBREAKER_REDIS,
+    RATE,
     STRICT,
     Case,
     Subject,
@@ -152,6 +153,32 @@ def goals(
 def goals_table(rows: list[Goal]) -> str:
     rows_out = [[g.goal, g.measured, g.verdict] for g in rows]
     return table(["goal", "measured (this run)", "result"], rows_out)
+
+
+def rate_goals(numbers: Numbers, check: ReportCheck) -> list[Goal]:
+    """Issue 13: the rate rule's healthy call against the count rule's and pybreaker's."""
+    rate = numbers.overhead(RATE)
+    cached = numbers.overhead(CACHED)
+    in_process = numbers.overhead(PYBREAKER_MEMORY)
+    return [
+        Goal(
+            "healthy overhead, rate rule ≤ 1.5x count rule (both cached)",
+            f"{rate / cached:.2f}x ({micro(rate)} / {micro(cached)} µs)",
+            rate <= 1.5 * cached,
+        ),
+        Goal(
+            "healthy overhead, rate rule ≤ pybreaker in-process",
+            f"{rate / in_process:.2f}x ({micro(rate)} / {micro(in_process)} µs)",
+            rate <= in_process,
+        ),
+        Goal(
+            "rate rule: no inline round trip (server-side script calls during healthy calls)",
+            f"{check.scripts} script calls during {check.calls} calls in {check.seconds:.2f} s "
+            f"(batched reports allowed: {check.allowance}, report_interval "
+            f"{check.report_interval:g} s)",
+            check.met,
+        ),
+    ]
 
 
 def ratios_table(numbers: Numbers) -> str:

@@ -21,7 +21,15 @@ import redis
 
 import distbreaker
 from benchmarks import report
-from benchmarks.latency import Budget, RoundTripCheck, check_no_round_trips, measure
+from benchmarks.detection import detection_table, run_detection
+from benchmarks.latency import (
+    Budget,
+    ReportCheck,
+    RoundTripCheck,
+    check_no_round_trips,
+    check_reports_only,
+    measure,
+)
 from benchmarks.load import LoadResult, WorkerPool, scenarios
 from benchmarks.propagation import Propagation, measure_propagation
 from benchmarks.subjects import (
@@ -67,7 +75,7 @@ def _version(package: str) -> str:
 
 def run_latency(
     url: str, admin: redis.Redis, budget: Budget
-) -> tuple[list[Subject], report.Numbers, list[RoundTripCheck]]:
+) -> tuple[list[Subject], report.Numbers, list[RoundTripCheck], ReportCheck]:
     tag = uuid.uuid4().hex[:8]
     subjects: list[Subject] = []
     try:
@@ -79,6 +87,9 @@ def run_latency(
             check_no_round_trips(admin, cached.breakers[case], case, calls)
             for case in ("healthy", "refused")
         ]
+        rate = distbreaker_subject(url, f"bench-rate-{tag}", "cached", rate=True)
+        subjects.append(rate)
+        report_check = check_reports_only(admin, rate.breakers["healthy"], calls)
         local = interlock_subject(None, f"bench-interlock-local-{tag}")
         subjects[:0] = [bare(), pybreaker_memory(), local]
         subjects.append(distbreaker_subject(url, f"bench-strict-{tag}", "strict"))
@@ -92,7 +103,7 @@ def run_latency(
     finally:
         for subject in subjects:
             subject.close()
-    return subjects, report.Numbers(results), checks
+    return subjects, report.Numbers(results), checks, report_check
 
 
 def run_propagation(url: str, quick: bool) -> list[Propagation]:
@@ -129,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
         print(f"# distbreaker benchmarks (`{command}`)\n")
         print(versions(admin) + f"; {platform.machine()}, {_cpus()} CPUs\n")
-        subjects, numbers, checks = run_latency(url, admin, budget)
+        subjects, numbers, checks, report_check = run_latency(url, admin, budget)
         took = [("latency", time.monotonic() - started)]
         propagation = run_propagation(url, args.quick)
         took.append(("propagation", time.monotonic() - started - sum(t for _, t in took)))
+        detection = run_detection(url, args.quick)
+        took.append(("detection", time.monotonic() - started - sum(t for _, t in took)))
         load = [] if args.skip_load else run_load(url, admin, args.quick)
         took.append(("store load", time.monotonic() - started - sum(t for _, t in took)))
-        _print_all(subjects, numbers, checks, propagation, load, budget)
+        _print_all(subjects, numbers, checks, report_check, propagation, load, budget)
+        print("\n## Detection (the upstream starts failing; until every worker refuses)\n")
+        print(detection_table(detection))
     finally:
         admin.close()
         if server is not None:
@@ -155,12 +170,14 @@ def _print_all(
     subjects: list[Subject],
     numbers: report.Numbers,
     checks: list[RoundTripCheck],
+    report_check: ReportCheck,
     propagation: list[Propagation],
     load: list[LoadResult],
     budget: Budget,
 ) -> None:
-    print("## Goals (issue 8)\n")
-    print(report.goals_table(report.goals(numbers, checks, propagation)))
+    print("## Goals (issues 8 and 13)\n")
+    goals = report.goals(numbers, checks, propagation) + report.rate_goals(numbers, report_check)
+    print(report.goals_table(goals))
     print(
         f"\n## Per-call latency\n\n{budget.local_calls} timed calls per local case, "
         f"{budget.remote_calls} per case that talks to Redis, in {budget.rounds} interleaved "

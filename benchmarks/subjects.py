@@ -17,7 +17,7 @@ import redis
 
 from benchmarks.timing import CommandCounter, counting_client
 from distbreaker import Breaker, BreakerConfig
-from distbreaker.store import breaker_keys, script_source
+from distbreaker.store import breaker_keys, common_args, script_source
 
 Case = Literal["healthy", "refused", "failing"]
 CASES: tuple[Case, ...] = ("healthy", "refused", "failing")
@@ -28,6 +28,7 @@ PYBREAKER_MEMORY = "pybreaker, in-process"
 INTERLOCK_MEMORY = "interlock-cb, in-process"
 CACHED = "distbreaker cached"
 STRICT = "distbreaker strict"
+RATE = "distbreaker cached, rate rule"
 PYBREAKER_REDIS = "pybreaker + CircuitRedisStorage"
 INTERLOCK_REDIS = "interlock-cb + RedisStorage"
 PING = "Redis PING (floor)"
@@ -105,22 +106,28 @@ def pybreaker_memory() -> Subject:
     )
 
 
-def distbreaker_subject(url: str, prefix: str, consistency: Literal["cached", "strict"]) -> Subject:
+def distbreaker_subject(
+    url: str, prefix: str, consistency: Literal["cached", "strict"], rate: bool = False
+) -> Subject:
+    """``rate``: the rate rule (successes counted and reported in batches) in cached mode."""
     counter = CommandCounter()
     client = counting_client(url, counter)
+    # a rate no healthy call reaches, and more calls than any run makes: nothing opens
+    rule: dict[str, Any] = {"failure_rate_threshold": 0.5, "minimum_calls": 10**7} if rate else {}
 
     def build(name: str, **settings: Any) -> Breaker:
-        config = BreakerConfig(key_prefix=prefix, consistency=consistency, **settings)
+        merged = {**rule, **settings}
+        config = BreakerConfig(key_prefix=prefix, consistency=consistency, **merged)
         return Breaker(name, client, config)
 
     healthy = build("healthy")
-    refused = build("refused", failure_threshold=1, reset_timeout=3600)
+    refused = build("refused", failure_threshold=1, reset_timeout=3600, minimum_calls=1)
     failing = build("failing", failure_threshold=100_000, window=1.0)
     healthy.execute(succeed)  # subscribes (cached) and fills the cache
     with contextlib.suppress(ConnectionError):
         refused.execute(fail)  # trips it: open for an hour
     subject = Subject(
-        CACHED if consistency == "cached" else STRICT,
+        RATE if rate else (CACHED if consistency == "cached" else STRICT),
         {
             "healthy": lambda: healthy.execute(succeed),
             "refused": lambda: refused.execute(succeed),
@@ -204,8 +211,8 @@ def redis_floor(url: str, prefix: str) -> list[Subject]:
     client = counting_client(url, counter)
     trivial = client.script_load("return 1")
     admit = client.register_script(script_source("admit"))
-    keys = list(breaker_keys(prefix, "floor"))
-    args = ["", "floor", f"{prefix}:events", "5", "120000", "60000", "1", "1", "30000", "{}", "id"]
+    keys = list(breaker_keys(prefix, "floor"))[:6]
+    args = ["", *common_args("floor", BreakerConfig(key_prefix=prefix)), "floor-host", "id"]
     return [
         Subject(PING, {"healthy": client.ping}, {"healthy"}, counter),
         Subject(

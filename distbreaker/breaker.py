@@ -198,7 +198,7 @@ class Breaker(_Shell):
             admission = self._store.admit(protocol.clock.server_ms(), decided.call_id)
         except STORE_ERRORS as error:
             upkeep.wake()
-            return protocol.admit_failed(error)
+            return protocol.admit_failed(error, decided)
         return protocol.admitted(admission, decided)
 
     def _succeeded(self, protocol: CallProtocol, ticket: Ticket, started: float) -> None:
@@ -447,7 +447,7 @@ class AsyncBreaker(_Shell):
             admission = await self._store.admit(protocol.clock.server_ms(), decided.call_id)
         except STORE_ERRORS as error:
             upkeep.wake_async()
-            return protocol.admit_failed(error)
+            return protocol.admit_failed(error, decided)
         return protocol.admitted(admission, decided)
 
     async def _succeeded(self, protocol: CallProtocol, ticket: Ticket, started: float) -> None:

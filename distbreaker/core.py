@@ -289,6 +289,9 @@ class BreakerModel:
                 self._apply_counts(now_ms, batch)
             if outcome == "failure":
                 return self._record_failure(now_ms, call_id, current, reporter)
+            if outcome == "release":  # frees the call's lease whatever the generation
+                freed = d.state == "half_open" and d.probes.pop(call_id, None) is not None
+                return self._reply(now_ms, freed)
             if not current or d.state != "half_open" or d.probes.pop(call_id, None) is None:
                 return self._reply(now_ms, False)
             if outcome == "success":

@@ -192,9 +192,15 @@ class CallProtocol:
         if self.local.local_trip.close():
             self._local_event(False, "the fleet opened")
 
-    def admit_failed(self, error: BaseException) -> Ticket | CircuitOpenError:
-        """Redis did not answer the admission: decide as ``on_store_error`` says."""
+    def admit_failed(self, error: BaseException, asked: Ask) -> Ticket | CircuitOpenError:
+        """Redis did not answer the admission: decide as ``on_store_error`` says.
+
+        The script may still have run (a reply lost to a timeout) and given this call a
+        probe lease nobody would return: the upkeep releases it once Redis answers.
+        """
         self.store_failed(error)
+        expires = self.clock.monotonic() + self.config.probe_timeout
+        self.local.pending.add(asked.call_id, -1, "release", expires)
         return self._degraded_admission(f"{type(error).__name__}: {error}")
 
     def _ticket_or_refusal(

@@ -72,9 +72,13 @@ local function clamp(value, low, high)
   return value
 end
 
+-- Counters the scripts add to (HINCRBY fails on anything but an integer).
+local COUNTERS = { 'failures_total', 'opens_total', 'last_failure_at', 'last_transition_at',
+  'would_refuse_total' }
+
 local function load_state()
   local v = redis.call('HMGET', K_STATE, 'state', 'generation', 'opened_at', 'open_until',
-    'probe_successes', 'open_streak')
+    'probe_successes', 'open_streak', unpack(COUNTERS))
   local bad = {}
   local s = {
     state = v[1] or 'closed',
@@ -86,8 +90,16 @@ local function load_state()
   }
   if not STATES[s.state] then bad[#bad + 1] = 'state' end
   if s.open_until and s.open_until > NOW + MAX_AHEAD then bad[#bad + 1] = 'open_until' end
+  s.counters = {}
+  for i, name in ipairs(COUNTERS) do s.counters[name] = stored_int(v[6 + i], name, bad) end
   s.bad = bad
   return s
+end
+
+-- Add n to a counter field of the calls hash; a field that is not an integer is replaced.
+local function bump(key, field, n)
+  local added = redis.pcall('HINCRBY', key, field, n)
+  if type(added) == 'table' and added.err then redis.call('HSET', key, field, n) end
 end
 
 -- Idle breakers vanish: a few windows / reset periods after the last write.
@@ -240,6 +252,9 @@ local function repair(s)
   if s.open_until > NOW + MAX_AHEAD then s.open_until = NOW + RESET end
   s.probe_successes = s.probe_successes or 0
   s.streak = s.streak or 0
+  for name, value in pairs(s.counters) do
+    if not value then redis.call('HSET', K_STATE, name, 0) end
+  end
   redis.call('HSET', K_STATE, 'state', s.state, 'generation', s.generation,
     'opened_at', s.opened_at, 'open_until', s.open_until,
     'probe_successes', s.probe_successes, 'open_streak', s.streak,
@@ -324,7 +339,7 @@ end
 local function apply_counts(batch)
   for age, calls, retries in string.gmatch(batch, '(%d+):(%d+):(%d+)') do
     local bucket = bucket_of(NOW - math.min(tonumber(age), WINDOW))
-    if tonumber(calls) > 0 then redis.call('HINCRBY', K_CALLS, 'c:' .. bucket, calls) end
-    if tonumber(retries) > 0 then redis.call('HINCRBY', K_CALLS, 'r:' .. bucket, retries) end
+    if tonumber(calls) > 0 then bump(K_CALLS, 'c:' .. bucket, calls) end
+    if tonumber(retries) > 0 then bump(K_CALLS, 'r:' .. bucket, retries) end
   end
 end

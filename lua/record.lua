@@ -72,8 +72,8 @@ if OUTCOME == 'failure' then
     count = FAILURES_CAP
   end
   local bucket = bucket_of(NOW)
-  redis.call('HINCRBY', K_CALLS, 'c:' .. bucket, 1)
-  redis.call('HINCRBY', K_CALLS, 'f:' .. bucket, 1)
+  bump(K_CALLS, 'c:' .. bucket, 1)
+  bump(K_CALLS, 'f:' .. bucket, 1)
   redis.call('ZADD', K_REPORTERS, NOW, REPORTER)
   redis.call('ZREMRANGEBYSCORE', K_REPORTERS, '-inf', NOW - WINDOW)
   redis.call('HINCRBY', K_STATE, 'failures_total', 1)
@@ -99,7 +99,15 @@ if OUTCOME == 'failure' then
   return reply(1, local_trip)
 end
 
--- success or release: only a live probe lease of the current half_open generation matters
+-- release: give back a lease this call may hold, whatever the generation (an admission
+-- whose reply was lost sends one: the script may have run)
+if OUTCOME == 'release' then
+  if s.state ~= 'half_open' or redis.call('ZREM', K_PROBES, CALL_ID) == 0 then
+    return reply(0, 0)
+  end
+  return reply(1, 0)
+end
+-- success: only a live probe lease of the current half_open generation matters
 if not current or s.state ~= 'half_open' then
   return reply(0, 0)
 end

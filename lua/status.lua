@@ -13,18 +13,15 @@
 --   scripts would repair it (closed unless its state is readable), with `malformed` set.
 --!include _lib.lua
 local s = load_state()
-local extra = redis.call('HMGET', K_STATE, 'failures_total', 'opens_total', 'last_failure_at',
-  'last_transition_at', 'would_refuse_total', 'reason', 'actor', 'note', 'config_conflict',
+local extra = redis.call('HMGET', K_STATE, 'reason', 'actor', 'note', 'config_conflict',
   'config')
 local bad = s.bad
-local function counter(value, name)
-  return stored_int(value, name, bad) or 0
-end
-local failures_total = counter(extra[1], 'failures_total')
-local opens_total = counter(extra[2], 'opens_total')
-local last_failure_at = clamp(counter(extra[3], 'last_failure_at'), 0, NOW)
-local last_transition_at = clamp(counter(extra[4], 'last_transition_at'), 0, NOW)
-local would_refuse = counter(extra[5], 'would_refuse_total')
+local function counter(name) return s.counters[name] or 0 end
+local failures_total = counter('failures_total')
+local opens_total = counter('opens_total')
+local last_failure_at = clamp(counter('last_failure_at'), 0, NOW)
+local last_transition_at = clamp(counter('last_transition_at'), 0, NOW)
+local would_refuse = counter('would_refuse_total')
 if not STATES[s.state] or not s.generation or not s.open_until then s.state = 'closed' end
 local open_until = s.open_until or 0
 if open_until > NOW + MAX_AHEAD then open_until = NOW + RESET end
@@ -37,6 +34,6 @@ return {
   s.state, s.generation or 0, clamp(s.opened_at or 0, 0, NOW), open_until, failures_in_window(),
   failures_total, opens_total, last_failure_at, last_transition_at, s.probe_successes or 0,
   redis.call('ZCOUNT', K_PROBES, '(' .. NOW, '+inf'), NOW, calls, rate_failures, retries,
-  reporters_in_window(), s.streak or 0, would_refuse, text(extra[6]), text(extra[7]),
-  text(extra[8]), table.concat(bad, ','), text(extra[9]), text(extra[10]), locally_open(),
+  reporters_in_window(), s.streak or 0, would_refuse, text(extra[1]), text(extra[2]),
+  text(extra[3]), table.concat(bad, ','), text(extra[4]), text(extra[5]), locally_open(),
 }
