@@ -324,14 +324,15 @@ class CallProtocol:
         self.store_failed(error)
         if batch is not None:
             self.local.counts.give_back(batch[0], 0, self.clock.monotonic())
-        if ticket.probe and ticket.shared:
-            # the lease would block the fleet until probe_timeout: the upkeep sends it later
-            expires = self.clock.monotonic() + self.config.probe_timeout
-            self.local.pending.add(call_id, ticket.generation, outcome, expires)
         self.record_locally(ticket, call_id, outcome)
 
     def record_locally(self, ticket: Ticket, call_id: str, outcome: Outcome) -> None:
-        """The outcome Redis could not take: the local shadow keeps protecting."""
+        """The outcome Redis could not take (it failed, or is being backed off from): the
+        local shadow keeps protecting, and a shared probe's outcome waits for the upkeep,
+        since its lease would otherwise block the fleet until probe_timeout."""
+        if ticket.probe and ticket.shared:
+            expires = self.clock.monotonic() + self.config.probe_timeout
+            self.local.pending.add(call_id, ticket.generation, outcome, expires)
         shadow = self.local.shadow
         reporter = self.local.reporter
         if not ticket.shared:

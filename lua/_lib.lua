@@ -252,8 +252,11 @@ local function repair(s)
   if s.open_until > NOW + MAX_AHEAD then s.open_until = NOW + RESET end
   s.probe_successes = s.probe_successes or 0
   s.streak = s.streak or 0
-  for name, value in pairs(s.counters) do
-    if not value then redis.call('HSET', K_STATE, name, 0) end
+  for _, name in ipairs(COUNTERS) do
+    if s.counters[name] == nil then
+      s.counters[name] = 0
+      redis.call('HSET', K_STATE, name, 0)
+    end
   end
   redis.call('HSET', K_STATE, 'state', s.state, 'generation', s.generation,
     'opened_at', s.opened_at, 'open_until', s.open_until,
