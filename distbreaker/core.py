@@ -153,7 +153,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One transition, as published on the events channel."""
+    """One transition, as published on the events channel; ``actor`` and ``note`` say who
+    commanded a manual one and why."""
 
     name: str
     from_state: State
@@ -163,6 +164,7 @@ class Event:
     reason: str
     open_until_ms: int
     actor: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +472,7 @@ class BreakerModel:
         d = self._data
         from_state = d.state
         event = Event(
-            self.name, from_state, to, d.generation + 1, now_ms, reason, d.open_until, actor
+            self.name, from_state, to, d.generation + 1, now_ms, reason, d.open_until, actor, note
         )
         d.state = to
         d.generation += 1
