@@ -154,7 +154,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One transition, as published on the events channel."""
+    """One transition, as published on the events channel; ``actor`` and ``note`` say who
+    commanded a manual one and why."""
 
     name: str
     from_state: State
@@ -164,6 +165,7 @@ class Event:
     reason: str
     open_until_ms: int
     actor: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,7 +490,7 @@ class BreakerModel:
         d = self._data
         from_state = d.state
         event = Event(
-            self.name, from_state, to, d.generation + 1, now_ms, reason, d.open_until, actor
+            self.name, from_state, to, d.generation + 1, now_ms, reason, d.open_until, actor, note
         )
         d.state = to
         d.generation += 1

@@ -66,6 +66,7 @@ def parse_event(data: bytes | str) -> Event | None:
             reason=_short_text(raw.get("reason", ""), 200),
             open_until_ms=_bounded(raw.get("open_until", 0)),
             actor=_short_text(raw.get("actor", ""), 128),
+            note=_short_text(raw.get("note", ""), 200),
         )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         logger.debug("event ignored (%s): %r", error, data[:120])

@@ -232,7 +232,7 @@ local function transition(s, to, reason, actor, note)
     'config', CONFIG_JSON, 'config_fp', CONFIG_FP)
   redis.call('PUBLISH', CHANNEL, cjson.encode({
     name = NAME, ['from'] = from, to = to, generation = s.generation, at = NOW,
-    reason = reason, open_until = s.open_until, actor = actor or '',
+    reason = reason, open_until = s.open_until, actor = actor or '', note = note or '',
   }))
   remember(s, 'transition', from, reason, actor, note)
 end
@@ -280,7 +280,7 @@ local function current_state()
 end
 
 -- The n-th consecutive open lasts min(reset * multiplier^(n-1), max_reset) spread by
--- +/- reset_jitter of itself. The spread is a hash of (now, generation): every script
+-- +/- reset_jitter of itself. The spread is a hash of (now, streak): every script
 -- run and the pure-Python model agree on it, with no random state.
 local function open_duration(streak)
   local duration = RESET

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
+import re
+import socket
 import sys
 import threading
 import time
@@ -14,15 +17,26 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from distbreaker.breaker import Breaker
+from distbreaker.breaker import HISTORY_LIMIT, Breaker
+from distbreaker.cli._history import (
+    breakers_with_history,
+    history_json,
+    parse_since,
+    period_start,
+    read_history,
+    server_now,
+    show_history,
+)
 from distbreaker.cli._render import (
     STATE_STYLES,
     STATUS_COLUMNS,
+    WHY_COLUMN,
     Output,
     clock_time,
     conflict_text,
     error_line,
     status_row,
+    why_text,
 )
 from distbreaker.cli._watch import Watcher
 from distbreaker.config import BreakerConfig, validate_name
@@ -120,6 +134,19 @@ def _hint(prefix: str) -> str:
     return "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
 
 
+def operator() -> str:
+    """``user@host`` for the audit trail, reduced to characters that read the same anywhere."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:60] or "unknown"
+
+    return f"{clean(user)}@{clean(socket.gethostname())}"
+
+
 # -- the command ------------------------------------------------------------------------
 
 app = typer.Typer(
@@ -150,6 +177,12 @@ Cluster = Annotated[
         envvar=REDIS_CLUSTER_ENV,
         show_envvar=True,
         help="Redis is a Redis Cluster: --redis-url names one node, the others are found.",
+    ),
+]
+Reason = Annotated[
+    str,
+    typer.Option(
+        "--reason", metavar="TEXT", help="Why: kept in the history with user@host, shown by watch."
     ),
 ]
 
@@ -184,9 +217,12 @@ def status(
         return
     now = time.time()
     configs = [b.config if settings_stored(client, prefix, b.name) else None for b in breakers]
-    rows = [status_row(s, c, now) for s, c in zip(statuses, configs, strict=True)]
-    styles = [[None, STATE_STYLES.get(s.state), None, None, None, None, None] for s in statuses]
-    out.table("", STATUS_COLUMNS, rows, styles)
+    columns = [*STATUS_COLUMNS, WHY_COLUMN]
+    rows = [
+        [*status_row(s, c, now), why_text(s, now)] for s, c in zip(statuses, configs, strict=True)
+    ]
+    styles = [[None, STATE_STYLES.get(s.state), *[None] * (len(columns) - 2)] for s in statuses]
+    out.table("", columns, rows, styles)
     if None in configs:
         out.line(
             "?: settings not stored yet (the breaker has not changed state); "
@@ -251,21 +287,17 @@ def open_breaker(
             help="Open for SECONDS, then one probe decides (default: until reset).",
         ),
     ] = None,
-    reason: Annotated[
-        str, typer.Option("--reason", metavar="TEXT", help="Why (with --for; shown in events).")
-    ] = "",
+    reason: Reason = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
 ) -> None:
     """Open a breaker for the whole fleet: until reset, or --for some seconds."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    if reason and seconds is None:
-        raise CliError("--reason goes with --for (a forced open carries no reason)", 2)
     client = connect_checked(url, cluster)
     breaker = breaker_for(client, prefix, name)
     if seconds is None:
-        breaker.force_open()
+        breaker.force_open(actor=operator(), reason=reason)
         after = breaker.status()
         Output().line(
             f"breaker {name!r} is {after.state} (generation {after.generation}): calls are refused "
@@ -273,7 +305,7 @@ def open_breaker(
             STATE_STYLES.get(after.state),
         )
         return
-    breaker.hold_open(seconds, reason)
+    breaker.hold_open(seconds, reason, actor=operator())
     after = breaker.status()
     if after.state != "open":
         raise CliError(
@@ -291,6 +323,7 @@ def open_breaker(
 @app.command("close")
 def close_breaker(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to force closed.")],
+    reason: Reason = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
@@ -299,7 +332,7 @@ def close_breaker(
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
     client = connect_checked(url, cluster)
     breaker = _existing(client, prefix, name, url)
-    breaker.force_closed()
+    breaker.force_closed(actor=operator(), reason=reason)
     after = breaker.status()
     Output().line(
         f"breaker {name!r} is {after.state} (generation {after.generation}): calls always pass "
@@ -311,6 +344,7 @@ def close_breaker(
 @app.command()
 def reset(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to reset.")],
+    reason: Reason = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
@@ -319,13 +353,69 @@ def reset(
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
     client = connect_checked(url, cluster)
     breaker = _existing(client, prefix, name, url)
-    breaker.reset()
+    breaker.reset(actor=operator(), reason=reason)
     after = breaker.status()
     Output().line(
         f"breaker {name!r} is {after.state} (generation {after.generation}): "
         "failure window cleared",
         STATE_STYLES.get(after.state),
     )
+
+
+@app.command()
+def history(
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="One breaker; all found when omitted.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="30s, 15m, 1h, 2d back, or an ISO time (UTC unless given); default: all kept.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", metavar="N", help=f"Newest entries shown per breaker (1-{HISTORY_LIMIT})."
+        ),
+    ] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Entries and summaries as JSON.")] = False,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    prefix: Prefix = DEFAULT_PREFIX,
+    cluster: Cluster = False,
+) -> None:
+    """Transitions and commands, one line each, and per breaker a summary of the period:
+    episodes, time open, mean time to recovery, failed probes (on a terminal, a strip)."""
+    url, prefix = _url(redis_url), _prefix(prefix)
+    only = _name(name) if name is not None else None
+    try:
+        wanted = None if since is None else parse_since(since, time.time())
+    except ValueError as error:
+        raise CliError(str(error), 2) from None
+    if not 1 <= limit <= HISTORY_LIMIT:
+        raise CliError(f"--limit {limit}: use 1 to {HISTORY_LIMIT}", 2)
+    client = connect_checked(url, cluster)
+    if only is not None:
+        breakers = [_existing(client, prefix, only, url)]
+    else:
+        names, truncated = breakers_with_history(client, prefix)
+        if truncated:
+            error_line("the key scan stopped at its budget: some breakers may be missing")
+        breakers = [breaker_for(client, prefix, n) for n in names]
+    now = server_now(client)
+    since_s = None if wanted is None else wanted.start(now)
+    histories = [read_history(b, since_s) for b in breakers]
+    start = period_start(histories, since_s, now)
+    if as_json:
+        print(json.dumps(history_json(histories, start, now, limit), indent=2), flush=True)
+        return
+    out = Output()
+    if not histories:
+        out.line(f"no breakers under prefix {prefix!r} at {redact_url(url)}")
+        return
+    show_history(out, histories, start, now, limit)
 
 
 @app.command()
@@ -476,7 +566,7 @@ def _diagnose_store(
         plural = "" if s.failure_count == 1 else "s"
         detail = f"{s.failure_count} failure{plural} in window, generation {s.generation}"
         if s.reason:
-            detail += f", last transition: {s.reason}" + (f" by {s.actor}" if s.actor else "")
+            detail += f"; why: {why_text(s, time.time())}"
         add([f"  {s.name}", s.state, detail], [None, STATE_STYLES.get(s.state), None])
         if s.config_conflict:
             add(

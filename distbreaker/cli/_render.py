@@ -143,6 +143,53 @@ def state_text(status: BreakerStatus) -> str:
     return f"{status.state} (dry run)" if status.dry_run else status.state
 
 
+def moment(at_ms: int) -> str:
+    """An epoch time in milliseconds as ISO 8601 UTC: ``2026-11-24T10:00:00.000Z``."""
+    at = datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return at.replace("+00:00", "Z")
+
+
+def duration_text(seconds: float) -> str:
+    """A length of time a person reads at a glance: ``2.5s``, ``45s``, ``4m12s``, ``3h05m``,
+    ``2d03h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}".removesuffix(".0") + "s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def why_text(status: BreakerStatus, now: float) -> str:
+    """Why the breaker is in its state, and for how long: the last transition's reason (with
+    the open streak), who commanded it and their note; a hold says until when. ``-`` for a
+    breaker that never changed state."""
+    if not status.reason:
+        return "-"
+    if status.state == "open" and status.reason.startswith("hold_open"):
+        cause = status.reason.partition(":")[2].strip()
+        text = f"held ({cause})" if cause else "held"
+        if status.actor:
+            text += f" by {status.actor}"
+        text += f" until {clock_time(now + status.time_until_reset)}"
+    else:
+        text = status.reason
+        if status.state == "open" and status.open_streak > 1:
+            text += f" (streak {status.open_streak})"
+        if status.actor:
+            text += f" by {status.actor}"
+        if status.note and not status.reason.endswith(status.note):
+            text += f": {status.note}"
+    if status.since is not None:
+        text += f", for {duration_text(status.since)}"
+    return text
+
+
 def status_row(status: BreakerStatus, config: BreakerConfig | None, now: float) -> list[str]:
     """One table row; ``config`` is None while the breaker has stored no settings."""
     return [
@@ -165,15 +212,19 @@ STATUS_COLUMNS = [
     "LAST FAILURE",
     "OPENS",
 ]
+WHY_COLUMN = "WHY"
 
 
 def event_line(event: Event) -> str:
     """One transition as ``watch`` prints it."""
-    at = datetime.fromtimestamp(event.at_ms / 1000, UTC).isoformat(timespec="milliseconds")
-    text = f"{at.replace('+00:00', 'Z')}  {event.name}  {event.from_state} -> {event.to_state}"
+    text = f"{moment(event.at_ms)}  {event.name}  {event.from_state} -> {event.to_state}"
     text += f"  generation {event.generation}"
     if event.reason:
         text += f"  ({event.reason})"
+    if event.actor:
+        text += f"  by {event.actor}"
+    if event.note and not event.reason.endswith(event.note):
+        text += f": {event.note}"
     if event.to_state == "open" and event.open_until_ms:
         text += f"  until {clock_time(event.open_until_ms / 1000)}"
     return text
@@ -190,5 +241,7 @@ def event_json(event: Event) -> str:
             "at": event.at_ms,
             "reason": event.reason,
             "open_until": event.open_until_ms,
+            "actor": event.actor,
+            "note": event.note,
         }
     )

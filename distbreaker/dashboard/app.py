@@ -299,16 +299,17 @@ def parse_control(name: str, action: str, body: bytes, actor: str) -> Control:
 
 
 def run_control(breaker: Breaker, control: Control) -> None:
-    """Apply ``control``. Breakers with a history will take ``actor=``/``reason=`` on every
-    command: they are passed here, and only here."""
+    """Apply ``control`` as an operator command: its actor and reason go into the
+    breaker's history (a timed open, too, is the operator's, not a worker's hold)."""
+    actor, reason = control.actor, control.reason
     if control.action == "hold_open":
-        breaker.hold_open(control.seconds or 0.0, control.reason)
+        breaker.hold_open(control.seconds or 0.0, reason, actor=actor)
     elif control.action == "force_open":
-        breaker.force_open()
+        breaker.force_open(actor=actor, reason=reason)
     elif control.action == "force_closed":
-        breaker.force_closed()
+        breaker.force_closed(actor=actor, reason=reason)
     else:
-        breaker.reset()
+        breaker.reset(actor=actor, reason=reason)
 
 
 def refusal(request: Request, token: str | None) -> ControlError | None:

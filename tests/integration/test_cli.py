@@ -69,7 +69,7 @@ def test_status_table_shows_every_breaker(
     assert result.returncode == 0, result.stderr
     header, docker_row, github_row, *note = result.stdout.splitlines()
     assert header.split()[:3] == ["BREAKER", "STATE", "FAILURES"]
-    assert header.endswith("RESETS IN  LAST FAILURE  OPENS")
+    assert header.endswith("RESETS IN  LAST FAILURE  OPENS  WHY")
     assert github_row.split()[:3] == ["github", "open", "2/2"]
     assert "in 30s" in github_row
     # docker-registry has not changed state: "?" while record.lua stores no settings

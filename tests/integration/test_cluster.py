@@ -491,3 +491,16 @@ def test_diagnose_cli_on_a_cluster_exits_0(cluster: LocalCluster, cluster_client
     assert report["redis"]["primaries"] == 3
     assert set(report["scripts"]) == {"admit", "record", "report", "control", "status"}
     assert len(report["breakers"]) == 12
+
+
+def test_history_cli_reads_every_masters_streams(
+    cluster: LocalCluster, cluster_client: Any
+) -> None:
+    prefix = unique_prefix()
+    expected = cluster_breakers(cluster_client, prefix)
+    result = distbreaker_on_cluster(cluster, prefix, "history", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = {b["name"]: b for b in json.loads(result.stdout)["breakers"]}
+    assert {name: b["status"]["state"] for name, b in shown.items()} == expected
+    assert [e["to"] for e in shown["service-0"]["entries"]] == ["open"]
+    assert all(b["entries"] == [] for name, b in shown.items() if name != "service-0")

@@ -15,6 +15,7 @@ import redis
 import distbreaker
 from distbreaker import Breaker, BreakerConfig
 from distbreaker.cli import ago, event_line, plain_table, resets_in, run, status_row
+from distbreaker.cli._app import operator
 from distbreaker.cli._demo import EmbeddedRedis, schedule
 from distbreaker.events import parse_event
 from distbreaker.status import BreakerStatus
@@ -152,10 +153,20 @@ def test_bad_name_and_bad_prefix_are_usage_errors(capsys: pytest.CaptureFixture[
     assert cli(capsys, "status", "--prefix", "no spaces")[0] == 2
 
 
-def test_reason_without_for_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(capsys, "open", "github", "--reason", "why")
-    assert code == 2
-    assert "--reason goes with --for" in err
+def test_a_forced_open_keeps_its_reason_and_operator(
+    capsys: pytest.CaptureFixture[str], embedded_url: str, prefix: str
+) -> None:
+    where = ["--redis-url", embedded_url, "--prefix", prefix]
+    code, _, err = cli(capsys, "open", "github", "--reason", "db migration", *where)
+    assert code == 0, err
+    config = BreakerConfig(key_prefix=prefix)
+    status = Breaker("github", distbreaker.connect(embedded_url, timeout=2.0), config).status()
+    assert (status.state, status.reason, status.note) == (
+        "forced_open",
+        "force_open",
+        "db migration",
+    )
+    assert status.actor == operator()
 
 
 def test_unknown_option_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
