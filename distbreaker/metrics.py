@@ -4,12 +4,13 @@
 of this process:
 
 - ``distbreaker_calls_total{breaker, outcome}``: success, failure, slow, ignored,
-  rate_limited, refused;
+  rate_limited, refused, would_refuse (a dry run);
 - ``distbreaker_rejections_total{breaker}``: calls refused without touching the upstream;
 - ``distbreaker_transitions_total{breaker, from_state, to_state}``;
 - ``distbreaker_state{breaker, state}``: 1 for the state this process last saw, else 0;
 - ``distbreaker_store_ok{breaker}``: 0 while this process decides locally because Redis
   is unreachable, 1 while it shares the breaker through Redis;
+- ``distbreaker_locally_open{breaker}``: 1 while this process refuses on its own evidence;
 - ``distbreaker_store_errors_total{breaker, error}``: Redis errors, by exception type;
 - ``distbreaker_call_duration_seconds{breaker, outcome}``: time spent in admitted calls.
 
@@ -93,6 +94,13 @@ class BreakerMetrics:
             ["breaker", "outcome"],
             registry=target,
         )
+        self.locally_open = Gauge(
+            "distbreaker_locally_open",
+            "1 while this process refuses on its own evidence (too few reporters fail for "
+            "the fleet to open).",
+            ["breaker"],
+            registry=target,
+        )
         self.store_ok = Gauge(
             "distbreaker_store_ok",
             "1 while this process shares the breaker through Redis, "
@@ -103,6 +111,7 @@ class BreakerMetrics:
         self._clock = clock
         self._last_state: dict[str, str] = {}
         self._store_error_at: dict[str, float] = {}
+        self._seen: set[str] = set()
         self._state_lock = threading.Lock()
 
     def on_call(self, info: CallInfo) -> None:
@@ -117,6 +126,8 @@ class BreakerMetrics:
     def on_transition(self, event: Event) -> None:
         self.transitions.labels(event.name, event.from_state, event.to_state).inc()
         self._set_state(event.name, event.to_state)
+        if event.reason in ("local_open", "local_closed"):
+            self.locally_open.labels(event.name).set(1 if event.reason == "local_open" else 0)
 
     def on_store_error(self, name: str, error: BaseException) -> None:
         self.store_errors.labels(name, type(error).__name__).inc()
@@ -124,18 +135,16 @@ class BreakerMetrics:
             self._store_error_at[name] = self._clock()
         self.store_ok.labels(name).set(0)
 
+    def on_store_recovered(self, name: str) -> None:
+        self.store_ok.labels(name).set(1)
+
     def _set_store_ok(self, info: CallInfo) -> None:
-        if not info.shared:
-            self.store_ok.labels(info.name).set(0)
-            return
-        # A call admitted through Redis whose outcome then met a store error is reported
-        # after that error: it must not flip the gauge back (no "Redis answers" hook yet).
+        """The first call of a breaker sets the gauge; afterwards the store hooks move it."""
         with self._state_lock:
-            failed_at = self._store_error_at.get(info.name)
-        started = self._clock() - (info.duration or 0.0)
-        if failed_at is not None and failed_at >= started:
-            return
-        self.store_ok.labels(info.name).set(1)
+            if info.name in self._store_error_at or info.name in self._seen:
+                return
+            self._seen.add(info.name)
+        self.store_ok.labels(info.name).set(1 if info.shared else 0)
 
     def _set_state(self, name: str, state: str) -> None:
         # a call reports its state every time; the gauges change only on a new one

@@ -139,7 +139,7 @@ def store_ok(registry: CollectorRegistry, name: str = "github") -> float:
     return scrape(registry)[("distbreaker_store_ok", (("breaker", name),))]
 
 
-def test_store_ok_follows_shared_calls_and_store_errors(registry: CollectorRegistry) -> None:
+def test_store_ok_follows_store_errors_and_recovery(registry: CollectorRegistry) -> None:
     clock = FakeClock()
     hook = BreakerMetrics(registry, clock=clock)
     hook.on_call(CallInfo("github", "success", "closed", 0.01, shared=True))
@@ -149,9 +149,10 @@ def test_store_ok_follows_shared_calls_and_store_errors(registry: CollectorRegis
     clock.advance(1.0)
     hook.on_call(CallInfo("github", "success", "closed", 0.01, shared=False))
     assert store_ok(registry) == 0  # decided locally
-    clock.advance(1.0)
     hook.on_call(CallInfo("github", "success", "closed", 0.01, shared=True))
-    assert store_ok(registry) == 1  # Redis answered again
+    assert store_ok(registry) == 0  # only the breaker knows when Redis is back
+    hook.on_store_recovered("github")
+    assert store_ok(registry) == 1
 
 
 def test_a_call_whose_record_met_a_store_error_keeps_store_ok_at_zero(
