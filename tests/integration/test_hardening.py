@@ -8,11 +8,15 @@ Every wait is on a condition, bounded; nothing sleeps for a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +27,9 @@ import redis
 
 import distbreaker
 from distbreaker import Breaker, BreakerConfig, CircuitOpenError
+from distbreaker.diagnostics import load_scripts
 from distbreaker.store import breaker_keys, events_channel
+from distbreaker.testing import RedisServer, find_redis_server
 from tests.conftest import wait_for_subscribers
 
 pytestmark = pytest.mark.integration
@@ -319,3 +325,370 @@ def test_a_foreign_value_under_a_breaker_key_is_dropped(
     assert breaker.status().state == "closed"
     assert client.type(getattr(keys, part)) in (b"hash", b"zset", b"stream", b"none")
     assert_rewritten(client, keyspace)
+
+
+# -- a private redis-server to stop, kill, fill and lock down ------------------------
+
+
+class OwnRedis:
+    """A private ``redis-server`` that tests may SIGSTOP, SIGKILL and restart on the same
+    port, fill up and lock down with ACLs, without disturbing the session's server."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.server = RedisServer(binary).start()
+        self.port = self.server.port
+        self.admin = distbreaker.connect(self.url, timeout=2.0)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    def url_for(self, user: str) -> str:
+        return f"redis://{user}:secret@127.0.0.1:{self.port}/0"
+
+    def stop_signal(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def continue_signal(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, nothing flushed (the server keeps nothing anyway)."""
+        assert self.server.process is not None
+        self.server.process.kill()
+        self.server.process.wait()
+        self.server.process = None
+
+    def restart(self) -> None:
+        """A new, empty server on the same port (returns once it answers)."""
+        self.server = RedisServer(self.binary, port=self.port).start()
+
+    def close(self) -> None:
+        self.admin.close()
+        if self.server.process is not None:
+            self.continue_signal()
+        self.server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    own = OwnRedis(binary)
+    yield own
+    own.close()
+
+
+class Blackhole:
+    """A TCP proxy to Redis that can swallow everything the clients send, like a network
+    that drops packets: a command sent then never reaches Redis, and its reply never comes."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.swallow = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, upstream: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not (upstream and self.swallow):
+                    target.sendall(data)
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+# -- defect 2: a probe's outcome survives one store error ----------------------------
+
+
+class Fault:
+    """One transient store error, started inside a probe call and ended after it."""
+
+    def __init__(self, own: OwnRedis, kind: str) -> None:
+        self.own = own
+        self.kind = kind
+        self.proxy: Blackhole | None = None
+        admin = own.admin
+        if kind in ("acl", "noscript-no-load"):
+            # a worker's user: everything, but (for this test) no SCRIPT LOAD of its own
+            rules = ["+@all", "-script"] if kind == "noscript-no-load" else ["+@all"]
+            admin.execute_command("ACL", "SETUSER", "worker", "on", ">secret", "~*", "&*", *rules)
+            load_scripts(admin)
+        if kind == "blackhole":
+            self.proxy = Blackhole(own.port)
+
+    @property
+    def worker_url(self) -> str:
+        if self.proxy is not None:
+            return self.proxy.url
+        if self.kind in ("acl", "noscript-no-load"):
+            return self.own.url_for("worker")
+        return self.own.url
+
+    def start(self) -> None:
+        admin = self.own.admin
+        if self.kind == "blackhole":
+            assert self.proxy is not None
+            self.proxy.swallow = True
+        elif self.kind == "sigstop":
+            self.own.stop_signal()
+        elif self.kind == "oom":
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.set("filler", b"x" * 1_000_000)
+            admin.config_set("maxmemory", "1")
+        elif self.kind.startswith("noscript"):
+            admin.script_flush()
+        elif self.kind == "acl":
+            admin.execute_command("ACL", "SETUSER", "worker", "-evalsha")
+
+    def end(self) -> None:
+        admin = self.own.admin
+        if self.kind == "blackhole":
+            assert self.proxy is not None
+            self.proxy.swallow = False
+        elif self.kind == "sigstop":
+            self.own.continue_signal()
+        elif self.kind == "oom":
+            admin.config_set("maxmemory", "0")
+            admin.delete("filler")
+        elif self.kind == "noscript-no-load":
+            load_scripts(admin)  # what an operator (or `distbreaker diagnose`) does
+        elif self.kind == "acl":
+            admin.execute_command("ACL", "SETUSER", "worker", "+evalsha")
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+@pytest.mark.parametrize(
+    "kind", ["blackhole", "sigstop", "oom", "noscript", "noscript-no-load", "acl"]
+)
+def test_a_probe_outcome_lost_to_one_store_error_is_sent_once_redis_answers(
+    own_redis: OwnRedis, prefix: str, consistency: str, kind: str
+) -> None:
+    """Before: the lease stayed until probe_timeout (30 s): the fleet was refused although
+    the upstream had recovered. Now the outcome waits in the process and is sent again."""
+    fault = Fault(own_redis, kind)
+    config = BreakerConfig(
+        key_prefix=prefix,
+        consistency=consistency,
+        failure_threshold=1,
+        reset_timeout=0.05,
+        probe_timeout=30,
+    )
+    prober = Breaker(NAME, distbreaker.connect(fault.worker_url), config)
+    fleet = Breaker(NAME, distbreaker.connect(own_redis.url, timeout=2.0), config)
+    assert prober.execute(down, fallback=lambda: "fallback") == "fallback"
+    wait_until(
+        lambda: fleet.status().time_until_reset == 0 and prober.known_refusal() is None,
+        5,
+        "the reset timeout passes",
+    )
+
+    def probe() -> str:
+        fault.start()
+        return "recovered"
+
+    try:
+        assert prober.execute(probe) == "recovered"  # admitted as the one probe
+        if kind != "noscript":  # redis-py reloads the scripts itself after a plain flush
+            assert not prober.store_ok  # its record failed
+        if kind not in ("noscript", "sigstop"):  # (nobody reaches a stopped server)
+            assert fleet.execute(ok, fallback=lambda: "refused") == "refused"  # lease held
+    finally:
+        fault.end()
+    took = wait_until(
+        lambda: fleet.execute(ok, fallback=lambda: "refused") == "ok", 10, "the fleet calls"
+    )
+    print(f"\n{kind}/{consistency}: fleet admitted {took:.3f}s after the fault ended")
+    assert took < 2.0  # about one back-off, not probe_timeout
+    status = fleet.status()
+    assert (status.state, status.reason, status.probes_in_flight) == (
+        "closed",
+        "probe_succeeded",
+        0,
+    )
+    wait_until(lambda: prober.store_ok, 5, "the prober resumes shared mode")
+    fault.close()
+
+
+# -- defect 3: a health check polling status() during an outage -----------------------
+
+STORE_TIMEOUT = 0.25
+
+
+def test_polling_status_during_an_outage_neither_waits_nor_stretches_the_backoff(
+    own_redis: OwnRedis, prefix: str
+) -> None:
+    """Before: every ``status()`` cost a store timeout against the hung server and doubled
+    the back-off; with 3 of them, healthy calls were refused for 8 s after Redis was back."""
+    client = distbreaker.connect(own_redis.url, timeout=STORE_TIMEOUT)
+    config = BreakerConfig(key_prefix=prefix, consistency="strict", failure_threshold=3)
+    breaker = Breaker(NAME, client, config)
+    assert breaker.execute(ok) == "ok"
+    own_redis.stop_signal()
+    for _ in range(3):  # the local shadow opens: healthy calls are refused meanwhile
+        assert breaker.execute(down, fallback=lambda: "fallback") == "fallback"
+    assert breaker.execute(ok, fallback=lambda: "refused") == "refused"
+    polls, slow = 0, 0
+    outage_ends = time.monotonic() + 2.5
+    while time.monotonic() < outage_ends:  # a health check polling every 20 ms
+        started = time.perf_counter()
+        assert not breaker.status().store_ok
+        slow += time.perf_counter() - started >= STORE_TIMEOUT * 0.8
+        polls += 1
+        time.sleep(0.02)  # the poller's own pace, not a wait for anything
+    print(f"\n{polls} status() polls during the outage, {slow} of them asked Redis")
+    assert slow <= 2  # at most one store timeout per back-off period
+    own_redis.continue_signal()
+    refused = 0
+
+    def healthy_call_passes() -> bool:
+        nonlocal refused
+        passed = breaker.execute(ok, fallback=lambda: "refused") == "ok"
+        refused += not passed
+        return passed
+
+    took = wait_until(healthy_call_passes, 10, "healthy calls pass again")
+    print(f"healthy calls pass {took:.3f}s after Redis is back ({refused} refused meanwhile)")
+    assert took < 1.0
+    assert breaker.store_ok
+
+
+# -- defect 4: shared mode resumes fast after any fault ------------------------------
+
+
+def kill_in_flight(own: OwnRedis, breaker: Breaker) -> None:
+    """CLIENT KILL TYPE normal while the breaker's record is in flight (a connection killed
+    between commands is replaced by redis-py unnoticed): writes are paused, the record
+    waits, the connections are killed, the record fails."""
+    admin = own.admin
+    admin.client_pause(5000, all=False)
+    failed: list[str] = []
+    call = threading.Thread(
+        target=lambda: failed.append(breaker.execute(down, fallback=lambda: "fallback"))
+    )
+    call.start()
+
+    def record_waits() -> bool:
+        return any(c.get("name") == "victim" and "b" in c["flags"] for c in admin.client_list())
+
+    try:
+        wait_until(record_waits, 5, "the record waits behind the pause")
+        admin.client_kill_filter(_type="normal", skipme=True)
+        call.join(5)
+    finally:
+        admin.client_unpause()
+    assert failed == ["fallback"]
+
+
+@pytest.mark.parametrize("fault", ["sigkill-restart", "sigstop-sigcont", "client-kill"])
+def test_shared_mode_resumes_well_under_a_second_after_redis_answers(
+    own_redis: OwnRedis, prefix: str, consistency: str, fault: str
+) -> None:
+    timeout = 1.0 if fault == "client-kill" else STORE_TIMEOUT
+    client = distbreaker.connect(own_redis.url, timeout=timeout, client_name="victim")
+    breaker = Breaker(NAME, client, BreakerConfig(key_prefix=prefix, consistency=consistency))
+    assert breaker.execute(down, fallback=lambda: "fallback") == "fallback"  # record.lua
+    if fault == "client-kill":
+        kill_in_flight(own_redis, breaker)  # Redis answers again at once
+        answered = time.monotonic()
+    else:
+        if fault == "sigkill-restart":
+            own_redis.kill()
+        else:
+            own_redis.stop_signal()
+        assert breaker.execute(down, fallback=lambda: "fallback") == "fallback"
+        assert not breaker.store_ok
+        spent = 0.0
+        for _ in range(50):  # calls meanwhile cost at most one store timeout in all
+            started = time.perf_counter()
+            breaker.execute(ok, fallback=lambda: "fallback")
+            spent += time.perf_counter() - started
+        assert spent < 2 * STORE_TIMEOUT
+        if fault == "sigkill-restart":
+            own_redis.restart()  # returns once the new server answers a PING
+        else:
+            own_redis.continue_signal()
+        answered = time.monotonic()
+    wait_until(lambda: breaker.store_ok, 10, "shared mode resumes")
+    took = time.monotonic() - answered
+    print(f"\n{fault}/{consistency}: shared mode resumed {took:.3f}s after Redis answered")
+    assert took < 0.8
+    before = breaker.status().failures_total
+    assert breaker.execute(down, fallback=lambda: "fallback") == "fallback"
+    assert breaker.status().failures_total == before + 1  # that failure reached Redis
+
+
+def test_a_fleet_wide_force_open_right_after_a_restart_is_obeyed_within_a_second(
+    own_redis: OwnRedis, prefix: str
+) -> None:
+    """Before: workers stayed on their local shadows for 2-5 s after the restart and let
+    calls through although an operator had isolated the upstream."""
+    config = BreakerConfig(key_prefix=prefix)  # cached, the default
+    workers = [
+        Breaker(NAME, distbreaker.connect(own_redis.url, timeout=STORE_TIMEOUT), config)
+        for _ in range(3)
+    ]
+    strict = config.model_copy(update={"consistency": "strict"})
+    workers.append(Breaker(NAME, distbreaker.connect(own_redis.url, timeout=STORE_TIMEOUT), strict))
+    assert [w.execute(ok) for w in workers] == ["ok"] * 4
+    own_redis.kill()
+    for worker in workers:  # each notices (a failure always goes to Redis)
+        assert worker.execute(down, fallback=lambda: "fallback") == "fallback"
+    assert [w.execute(ok) for w in workers] == ["ok"] * 4  # local shadows: fail_open
+    assert not any(w.store_ok for w in workers)
+    own_redis.restart()
+    operator = Breaker(NAME, own_redis.admin, strict)
+    operator.force_open(actor="ops", reason="isolate after the restart")
+    ordered = time.monotonic()
+    pending = set(range(len(workers)))
+
+    def all_refuse() -> bool:
+        for i in list(pending):
+            if workers[i].execute(ok, fallback=lambda: "refused") == "refused":
+                pending.discard(i)
+        return not pending
+
+    wait_until(all_refuse, 10, "every worker refuses")
+    took = time.monotonic() - ordered
+    print(f"\nforce_open after a restart obeyed by every worker within {took:.3f}s")
+    assert took < 1.3
+    assert all(w.store_ok for w in workers)
