@@ -692,3 +692,127 @@ def test_a_fleet_wide_force_open_right_after_a_restart_is_obeyed_within_a_second
     print(f"\nforce_open after a restart obeyed by every worker within {took:.3f}s")
     assert took < 1.3
     assert all(w.store_ok for w in workers)
+
+
+# -- defect 6: the events channel is not trusted --------------------------------------
+
+
+def event(**fields: Any) -> str:
+    base = {"name": NAME, "from": "closed", "to": "open", "generation": 1, "at": 1, "reason": ""}
+    return json.dumps({**base, **fields})
+
+
+FORGED = [
+    event(name="svc\x1b[2J\x1b[31mpwned"),
+    event(reason="\x1b]0;title\x07 threshold"),
+    event(actor="ops\x1b[8m"),
+    event(at=10**30),
+    event(at=2**53 - 1),  # a bounded integer, but no date can show it
+    event(open_until=2**53 - 1),
+    event(generation=-1),
+    event(generation=1.5),
+    event(to="banana"),
+    event(reason="x" * 5000),
+    "not json",
+    "[1, 2]",
+    json.dumps({"name": NAME}),
+]
+
+
+def test_watch_ignores_forged_events_and_prints_no_escape_byte(
+    client: redis.Redis, keyspace: str, redis_url: str
+) -> None:
+    """Before: an ESC byte in an event reached the terminal raw, and ``at: 10**30`` ended
+    the watch with OverflowError."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("DISTBREAKER_REDIS_URL", None)
+    command = [sys.executable, "-m", "distbreaker", "watch", "--count", "1", "--timeout", "60"]
+    watch = subprocess.Popen(
+        [*command, "--redis-url", redis_url, "--prefix", keyspace],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        channel = events_channel(keyspace)
+        wait_for_subscribers(client, channel, 1, timeout=30)
+        for message in FORGED:
+            client.publish(channel, message)
+        breaker = Breaker(NAME, client, settings(keyspace, failure_threshold=1))
+        breaker.execute(down, fallback=lambda: "fallback")  # one real transition
+        stdout, stderr = watch.communicate(timeout=60)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, stderr
+    assert b"\x1b" not in stdout + stderr
+    [line] = stdout.decode().splitlines()
+    assert f"  {NAME}  closed -> open  generation 1  (failure_threshold)" in line
+
+
+class SeenEvents:
+    """A hook: the events this process's subscribers delivered (after the caches saw them)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def on_transition(self, seen: Any) -> None:
+        self.events.append(seen)
+
+
+@pytest.fixture
+def seen() -> Iterator[SeenEvents]:
+    hook = SeenEvents()
+    distbreaker.hooks.add_hook(hook)
+    yield hook
+    distbreaker.hooks.remove_hook(hook)
+
+
+def test_a_forged_closed_event_never_makes_cached_workers_admit(
+    client: redis.Redis, keyspace: str, seen: SeenEvents, redis_url: str
+) -> None:
+    """Before: a ``closed`` event with a huge generation made cached workers admit calls to
+    an open breaker for up to cache_ttl. Now only refusing news is taken as it comes."""
+    config = settings(keyspace, failure_threshold=1, reset_timeout=60, cache_ttl=30)
+    tripper = Breaker(NAME, client, config)
+    worker = Breaker(NAME, distbreaker.connect(redis_url, timeout=2.0), config)
+    assert tripper.execute(down, fallback=lambda: "fallback") == "fallback"
+    assert worker.execute(ok, fallback=lambda: "refused") == "refused"  # cached: open
+    channel = events_channel(keyspace)
+    wait_for_subscribers(client, channel, 2)
+    upstream_calls = 0
+
+    def upstream() -> str:
+        nonlocal upstream_calls
+        upstream_calls += 1
+        return "called"
+
+    huge = 2**53 - 1
+    forged = event(**{"from": "open", "to": "closed", "generation": huge, "at": now_ms(client)})
+    client.publish(channel, forged)
+    wait_until(lambda: any(e.generation == huge for e in seen.events), 10, "the forgery arrives")
+    for breaker in (worker, tripper):
+        assert [breaker.execute(upstream, fallback=lambda: "refused") for _ in range(5)] == [
+            "refused"
+        ] * 5
+    assert upstream_calls == 0
+    assert worker.status().state == "open"
+
+
+def test_a_forged_open_event_costs_at_most_cache_ttl_of_refusals(
+    client: redis.Redis, keyspace: str, seen: SeenEvents
+) -> None:
+    config = settings(keyspace, cache_ttl=0.3)
+    worker = Breaker(NAME, client, config)
+    assert worker.execute(ok) == "ok"
+    channel = events_channel(keyspace)
+    wait_for_subscribers(client, channel, 1)
+    at = now_ms(client)
+    huge = 2**53 - 1
+    client.publish(channel, event(generation=huge, at=at, open_until=at + 10 * DAY_MS))
+    wait_until(lambda: any(e.generation == huge for e in seen.events), 10, "the forgery arrives")
+    started = time.monotonic()
+    wait_until(lambda: worker.execute(ok, fallback=lambda: "refused") == "ok", 5, "calls pass")
+    assert time.monotonic() - started < 0.3 + 0.5
+    assert worker.status().state == "closed"
