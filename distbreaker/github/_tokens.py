@@ -31,13 +31,17 @@ JWT_LIFETIME = 540
 
 _SECRET = re.compile(
     r"(?:gh[oprsu]_|github_pat_)[A-Za-z0-9._]{16,}"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    # classic personal access and OAuth tokens: 40 hex digits, no prefix (a commit id looks
+    # the same and is masked too: better than echoing a token)
+    r"|(?<![0-9A-Fa-f])[0-9A-Fa-f]{40}(?![0-9A-Fa-f])",
     re.ASCII,
 )
 
 
 def redact(text: str) -> str:
-    """``text`` with GitHub tokens (``ghs_``, ``ghp_``, ``github_pat_`` …) and JWTs masked."""
+    """``text`` with GitHub tokens (``ghs_``, ``ghp_``, ``github_pat_``, classic 40-hex …)
+    and JWTs masked."""
     return _SECRET.sub(lambda match: match.group(0)[:4] + "…[redacted]", text)
 
 

@@ -816,3 +816,29 @@ def test_a_forged_open_event_costs_at_most_cache_ttl_of_refusals(
     wait_until(lambda: worker.execute(ok, fallback=lambda: "refused") == "ok", 5, "calls pass")
     assert time.monotonic() - started < 0.3 + 0.5
     assert worker.status().state == "closed"
+
+
+# -- defect 7: bad input is refused before any I/O -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seconds", [math.inf, -math.inf, math.nan, 1e300, -1, 7 * 86_400 + 1, True, "60", None]
+)
+def test_hold_open_refuses_bad_seconds_before_any_io(
+    client: redis.Redis, keyspace: str, seconds: Any
+) -> None:
+    """Before: ``hold_open(inf)`` raised OverflowError and ``hold_open(1e300)`` reached Redis."""
+    breaker = Breaker(NAME, client, settings(keyspace))
+    with pytest.raises((ValueError, TypeError)):
+        breaker.hold_open(seconds)
+    with pytest.raises((ValueError, TypeError)):
+        breaker.hold_open(seconds, "deploy", actor="ops")  # the operator's path too
+    assert list(client.scan_iter(match=f"{keyspace}:*")) == []
+
+
+@pytest.mark.parametrize(
+    "field", ["failure_threshold", "half_open_max_calls", "success_threshold", "window"]
+)
+def test_a_bool_is_not_a_number_of_anything(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        BreakerConfig(**{field: True})
