@@ -332,7 +332,7 @@ class Breaker(_Shell):
             if plan.ping:
                 self._store.snapshot(protocol.clock.server_ms())
                 protocol.pinged()
-                return plan.wake_in
+                return 0.0  # Redis is back: what waited for it goes out at once
             self._send(protocol, plan)
         except STORE_ERRORS as error:
             protocol.upkeep_failed(error, plan)
@@ -573,7 +573,7 @@ class AsyncBreaker(_Shell):
             if plan.ping:
                 await self._store.snapshot(protocol.clock.server_ms())
                 protocol.pinged()
-                return plan.wake_in
+                return 0.0  # Redis is back: what waited for it goes out at once
             await self._send(protocol, plan)
         except STORE_ERRORS as error:
             protocol.upkeep_failed(error, plan)

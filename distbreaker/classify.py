@@ -7,10 +7,10 @@ eagerly; pass your own callable (returning a ``Verdict`` or a plain bool) to cha
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import email.utils
 import errno
+import re
 import socket
 import sys
 import time
@@ -69,27 +69,36 @@ def as_verdict(value: Verdict | bool) -> Verdict:
     return FAILURE if value else IGNORED
 
 
+# Delta-seconds as RFC 9110 has them (ASCII digits only: "²" and "١٢" are digits to
+# str.isdigit, and float() refuses the first), or the "1.5" some servers send.
+_SECONDS = re.compile(r"[0-9]{1,20}(\.[0-9]{1,9})?", re.ASCII)
+_EPOCH_SECONDS = re.compile(r"[0-9]{1,20}", re.ASCII)
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP date."""
-    if value is None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP date.
+
+    Anything else, however odd (``"²"``, ``"inf"``, a date Python cannot represent), reads
+    as no header: ``None``, never an exception.
+    """
+    if not isinstance(value, str):
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if _SECONDS.fullmatch(text):
         return float(text)
-    with contextlib.suppress(ValueError):  # not RFC 9110, but some servers send "1.5"
-        seconds = float(text)
-        if 0 <= seconds < float("inf"):
-            return seconds
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000": the date is UTC, the sender just will not say so
         when = when.replace(tzinfo=datetime.UTC)
     current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    try:
+        return max(0.0, when.timestamp() - current)
+    except (OverflowError, OSError, ValueError):  # a date no clock can reach
+        return None
 
 
 def rate_limit_wait(
@@ -109,7 +118,7 @@ def rate_limit_wait(
         return min(retry_after, MAX_RATE_LIMIT_WAIT)
     if lowered.get("x-ratelimit-remaining", "").strip() == "0":
         reset = lowered.get("x-ratelimit-reset", "").strip()
-        if reset.isdigit():
+        if _EPOCH_SECONDS.fullmatch(reset):  # ASCII digits only, as for Retry-After
             return min(max(0.0, float(reset) - current), MAX_RATE_LIMIT_WAIT)
         return DEFAULT_RATE_LIMIT_WAIT
     if status == 429 or "rate limit" in body.lower():

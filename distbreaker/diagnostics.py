@@ -30,6 +30,7 @@ from distbreaker.store import (
     breaker_keys,
     connect,
     connect_cluster,
+    printable,
     script_source,
 )
 
@@ -58,13 +59,38 @@ class RedisHealth(BaseModel):
     primaries: int | None = None
 
 
+class BreakerProblem(BaseModel):
+    """A key under the prefix that cannot be listed as it is, and what is wrong with it.
+
+    ``key`` is the state key's name made printable (bytes that are not UTF-8 as ``\\xff``);
+    ``name`` is the breaker's name when the key names one. A breaker whose state hash is
+    unreadable is also listed with its status (as the scripts will repair it); its problem
+    says which fields are unreadable.
+    """
+
+    key: str
+    name: str | None = None
+    problem: str
+
+
+# A client with decode_responses=True meeting a key name that is not UTF-8 fails inside
+# SCAN itself, before any key can be looked at.
+UNDECODABLE = BreakerProblem(
+    key="*",
+    problem="a key name is not valid UTF-8 and this client decodes replies "
+    "(decode_responses=True): list the breakers with a client that does not",
+)
+
+
 class NetworkStatus(BaseModel):
-    """Redis health plus the status of every breaker found under ``prefix``."""
+    """Redis health plus the status of every breaker found under ``prefix``, and the
+    keys there that could not be read as breakers (``problems``)."""
 
     prefix: str
     redis: RedisHealth
     breakers: dict[str, BreakerStatus]
     truncated: bool = False
+    problems: list[BreakerProblem] = []
 
     @property
     def healthy(self) -> bool:
@@ -153,54 +179,101 @@ def server_version(client: Any) -> str:
         return "unknown"
 
 
-def _name_from_key(key: str, prefix: str) -> str | None:
-    head, tail = f"{prefix}:{{", "}:state"
-    if not (key.startswith(head) and key.endswith(tail)):
-        return None
-    name = key[len(head) : -len(tail)]
+def shown_key(key: bytes | str) -> str:
+    """A key's name safe to print: undecodable bytes as ``\\xff``, control characters as ``?``."""
+    text = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key
+    return printable(text, 300)
+
+
+def _name_from_key(key: bytes | str, prefix: str) -> str | BreakerProblem | None:
+    """The breaker a state key names, a problem when it names none, ``None`` when the key
+    does not have the state key's shape at all."""
     try:
-        return validate_name(name)
-    except ValueError:
+        text = key.decode() if isinstance(key, bytes) else key
+    except UnicodeDecodeError:
+        return BreakerProblem(key=shown_key(key), problem="key name is not valid UTF-8")
+    head, tail = f"{prefix}:{{", "}:state"
+    if not (text.startswith(head) and text.endswith(tail)):
         return None
+    try:
+        return validate_name(text[len(head) : -len(tail)])
+    except ValueError:
+        return BreakerProblem(
+            key=shown_key(text),
+            problem="not a breaker name (1-128 characters of A-Z a-z 0-9 . _ - :)",
+        )
+
+
+class Survey(BaseModel):
+    """What a bounded SCAN found under a prefix: breaker names, keys that name none, and
+    whether the scan stopped at its budget."""
+
+    names: list[str]
+    problems: list[BreakerProblem] = []
+    truncated: bool = False
+
+
+# Problems listed at most: a keyspace full of junk must not make the listing huge.
+MAX_PROBLEMS = 100
+
+
+def survey_breakers(
+    client: Any, prefix: str = DEFAULT_PREFIX, *, budget: int = SCAN_BUDGET
+) -> Survey:
+    """The breakers with a state key under ``prefix`` (sorted), and the keys there that
+    name no breaker. On a cluster each primary is scanned with an equal share of ``budget``,
+    so one big node cannot hide the breakers of the others."""
+    if not is_cluster(client):
+        names, problems, truncated = _scan_node(client, prefix, budget)
+    else:
+        primaries = client.get_primaries()
+        share = max(1, budget // max(1, len(primaries)))
+        names, problems, truncated = set(), [], False
+        for primary in primaries:
+            found, odd, stopped = _scan_node(client.get_redis_connection(primary), prefix, share)
+            names |= found
+            problems += odd
+            truncated = truncated or stopped
+    return Survey(names=sorted(names), problems=_capped(problems), truncated=truncated)
 
 
 def scan_breakers(
     client: Any, prefix: str = DEFAULT_PREFIX, *, budget: int = SCAN_BUDGET
 ) -> tuple[list[str], bool]:
     """Names of breakers with a state key under ``prefix``, sorted, and whether the
-    SCAN stopped at ``budget`` keys before the end of the keyspace.
-
-    On a cluster each primary is scanned with an equal share of ``budget``, so one big
-    node cannot hide the breakers of the others.
-    """
-    if not is_cluster(client):
-        names, truncated = _scan_node(client, prefix, budget)
-        return sorted(names), truncated
-    primaries = client.get_primaries()
-    share = max(1, budget // max(1, len(primaries)))
-    found: set[str] = set()
-    truncated = False
-    for primary in primaries:
-        names, stopped = _scan_node(client.get_redis_connection(primary), prefix, share)
-        found |= names
-        truncated = truncated or stopped
-    return sorted(found), truncated
+    SCAN stopped at ``budget`` keys before the end of the keyspace (``survey_breakers``
+    also says which keys there name no breaker)."""
+    survey = survey_breakers(client, prefix, budget=budget)
+    return survey.names, survey.truncated
 
 
-def _scan_node(client: Any, prefix: str, budget: int) -> tuple[set[str], bool]:
+def _scan_node(
+    client: Any, prefix: str, budget: int
+) -> tuple[set[str], list[BreakerProblem], bool]:
     names: set[str] = set()
+    problems: list[BreakerProblem] = []
     cursor, walked, step = 0, 0, min(1000, budget)
     while True:
         cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:{{*}}:state", count=step)
         for key in keys:
-            name = _name_from_key(key.decode() if isinstance(key, bytes) else key, prefix)
-            if name is not None:
-                names.add(name)
+            found = _name_from_key(key, prefix)
+            if isinstance(found, str):
+                names.add(found)
+            elif found is not None and len(problems) <= MAX_PROBLEMS:
+                problems.append(found)
         walked += step
         if int(cursor) == 0:
-            return names, False
+            return names, problems, False
         if walked >= budget:
-            return names, True
+            return names, problems, True
+
+
+def _capped(problems: list[BreakerProblem]) -> list[BreakerProblem]:
+    problems.sort(key=lambda p: p.key)
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    more = BreakerProblem(key="…", problem=f"more keys with problems than the {MAX_PROBLEMS} shown")
+    return [*problems[:MAX_PROBLEMS], more]
 
 
 def find_breakers(
@@ -216,8 +289,12 @@ def breaker_exists(client: Any, prefix: str, name: str) -> bool:
 
 
 def settings_stored(client: Any, prefix: str, name: str) -> bool:
-    """True once the breaker has written its settings to its state hash."""
-    return bool(client.hexists(breaker_keys(prefix, name)[0], "config"))
+    """True once the breaker has written its settings to its state hash (False while a
+    foreign value sits under the state key's name)."""
+    try:
+        return bool(client.hexists(breaker_keys(prefix, name)[0], "config"))
+    except redis.ResponseError:  # WRONGTYPE: the scripts replace it at the next write
+        return False
 
 
 def stored_config(client: Any, prefix: str, name: str) -> BreakerConfig:
@@ -226,7 +303,10 @@ def stored_config(client: Any, prefix: str, name: str) -> BreakerConfig:
     ``status`` counts failures inside the breaker's window, so reading a breaker with
     the wrong window would report the wrong count.
     """
-    raw = client.hget(breaker_keys(prefix, name)[0], "config")
+    try:
+        raw = client.hget(breaker_keys(prefix, name)[0], "config")
+    except redis.ResponseError:  # WRONGTYPE: not a hash, so no settings either
+        raw = None
     settings: dict[str, Any] = {}
     if raw:
         try:
@@ -251,9 +331,78 @@ def breaker_for(client: Any, prefix: str, name: str) -> Breaker:
 def breaker_statuses(
     client: Any, prefix: str = DEFAULT_PREFIX, names: list[str] | None = None
 ) -> list[BreakerStatus]:
-    """``status()`` of each named breaker (all found under ``prefix`` by default)."""
+    """``status()`` of each named breaker (all found under ``prefix`` by default); a
+    breaker whose status cannot be read is left out (``list_breakers`` says why)."""
     chosen = find_breakers(client, prefix) if names is None else names
-    return [breaker_for(client, prefix, name).status() for name in chosen]
+    return read_statuses(client, prefix, chosen)[0]
+
+
+def problem_of(status: BreakerStatus, prefix: str) -> BreakerProblem | None:
+    """The problem a listed breaker has: unreadable fields or foreign values in its keys."""
+    if not status.malformed:
+        return None
+    return BreakerProblem(
+        key=breaker_keys(prefix, status.name).state,
+        name=status.name,
+        problem=f"unreadable: {status.malformed} (shown as the scripts will repair it; "
+        f"`distbreaker reset {status.name}{_prefix_option(prefix)}` rewrites it)",
+    )
+
+
+def _prefix_option(prefix: str) -> str:
+    return "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
+
+
+def read_failure(error: BaseException) -> BreakerProblem | None:
+    """What a failed ``status()`` says about the breaker alone, or ``None`` when the
+    failure is Redis's own (unreachable, timed out): then the whole listing failed."""
+    cause = error.__cause__ if isinstance(error, StoreUnavailableError) else error
+    if isinstance(cause, redis.ResponseError):
+        return BreakerProblem(key="", problem=f"status failed: {printable(cause, 200)}")
+    return None
+
+
+def read_statuses(
+    client: Any, prefix: str, names: list[str]
+) -> tuple[list[BreakerStatus], list[BreakerProblem]]:
+    """Each named breaker's status, and a problem for each that could not be read or has
+    unreadable fields. Raises ``_READ_ERRORS`` when Redis itself fails."""
+    statuses: list[BreakerStatus] = []
+    problems: list[BreakerProblem] = []
+    for name in names:
+        try:
+            status = breaker_for(client, prefix, name).status()
+        except _READ_ERRORS as error:
+            failure = read_failure(error)
+            if failure is None:
+                raise
+            key = breaker_keys(prefix, name).state
+            problems.append(failure.model_copy(update={"key": key, "name": name}))
+            continue
+        statuses.append(status)
+        problem = problem_of(status, prefix)
+        if problem is not None:
+            problems.append(problem)
+    return statuses, problems
+
+
+class Listing(BaseModel):
+    """Every breaker found under a prefix with its status, and every problem found."""
+
+    statuses: list[BreakerStatus]
+    problems: list[BreakerProblem] = []
+    truncated: bool = False
+
+
+def list_breakers(
+    client: Any, prefix: str = DEFAULT_PREFIX, *, budget: int = SCAN_BUDGET
+) -> Listing:
+    """A bounded SCAN, then every breaker's status: one bad key is a problem in the
+    answer, never the end of the listing. Raises ``_READ_ERRORS`` when Redis fails."""
+    survey = survey_breakers(client, prefix, budget=budget)
+    statuses, problems = read_statuses(client, prefix, survey.names)
+    everything = _capped([*survey.problems, *problems])
+    return Listing(statuses=statuses, problems=everything, truncated=survey.truncated)
 
 
 def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -> NetworkStatus:
@@ -261,8 +410,8 @@ def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -
 
     ``redis_or_url`` is a Redis URL (default ``$DISTBREAKER_REDIS_URL``, then
     ``redis://localhost:6379/0``) or a client, also a ``redis.cluster.RedisCluster``
-    (every primary is scanned). Never raises for an unreachable Redis: the answer says
-    ``reachable=False``.
+    (every primary is scanned). Never raises for an unreachable Redis (the answer says
+    ``reachable=False``) nor for bad keys (each is one of ``problems``).
     """
     if redis_or_url is None or isinstance(redis_or_url, str):
         url = redis_or_url or default_redis_url()
@@ -274,15 +423,20 @@ def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -
     if not health.reachable:
         return NetworkStatus(prefix=prefix, redis=health, breakers={})
     try:
-        names, truncated = scan_breakers(client, prefix)
-        statuses = breaker_statuses(client, prefix, names)
+        listing = list_breakers(client, prefix)
+    except UnicodeDecodeError:
+        return NetworkStatus(prefix=prefix, redis=health, breakers={}, problems=[UNDECODABLE])
     except _READ_ERRORS as error:
         health = health.model_copy(
-            update={"reachable": False, "error": f"{type(error).__name__}: {error}"}
+            update={"reachable": False, "error": f"{type(error).__name__}: {printable(error)}"}
         )
         return NetworkStatus(prefix=prefix, redis=health, breakers={})
     return NetworkStatus(
-        prefix=prefix, redis=health, breakers={s.name: s for s in statuses}, truncated=truncated
+        prefix=prefix,
+        redis=health,
+        breakers={s.name: s for s in listing.statuses},
+        truncated=listing.truncated,
+        problems=listing.problems,
     )
 
 

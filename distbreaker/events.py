@@ -26,12 +26,14 @@ logger = logging.getLogger("distbreaker")
 
 MAX_MESSAGE = 4096  # bytes: our events are a few hundred
 _MAX_INT = 2**53 - 1
+# The last millisecond of year 9999: a later time cannot even be shown as a date.
+MAX_TIME_MS = 253_402_300_799_999
 
 
-def _bounded(value: object) -> int:
+def _bounded(value: object, high: int = _MAX_INT) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # some Lua JSON encoders write integers as floats
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
         raise ValueError(f"not a bounded integer: {value!r:.40}")
     return value
 
@@ -46,7 +48,8 @@ def parse_event(data: bytes | str) -> Event | None:
     """An ``Event`` from a channel message, or ``None`` (one debug line) when it is not one.
 
     Anyone who may publish can write to the channel: every field is checked (known
-    states, a valid breaker name, bounded integers, short printable texts).
+    states, a valid breaker name, bounded integers, times a date can show, short printable
+    texts).
     """
     try:
         if len(data) > MAX_MESSAGE:
@@ -62,9 +65,9 @@ def parse_event(data: bytes | str) -> Event | None:
             from_state=from_state,
             to_state=to_state,
             generation=_bounded(raw["generation"]),
-            at_ms=_bounded(raw["at"]),
+            at_ms=_bounded(raw["at"], MAX_TIME_MS),
             reason=_short_text(raw.get("reason", ""), 200),
-            open_until_ms=_bounded(raw.get("open_until", 0)),
+            open_until_ms=_bounded(raw.get("open_until", 0), MAX_TIME_MS),
             actor=_short_text(raw.get("actor", ""), 128),
             note=_short_text(raw.get("note", ""), 200),
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,16 @@ from distbreaker.diagnostics import (
     DEFAULT_PREFIX,
     SCAN_BUDGET,
     TOOL_ERRORS,
+    BreakerProblem,
     breaker_for,
-    scan_breakers,
+    problem_of,
+    read_failure,
     settings_stored,
+    survey_breakers,
 )
 from distbreaker.errors import StoreUnavailableError
 from distbreaker.status import BreakerStatus
+from distbreaker.store import breaker_keys
 
 Clock = Callable[[], float]
 READ_ERRORS: tuple[type[BaseException], ...] = (*TOOL_ERRORS, StoreUnavailableError)
@@ -49,6 +53,8 @@ class FleetListing:
 
     ``store_ok`` is the health of the reader's own Redis connection; when the read failed,
     ``rows`` are those of the last good read (possibly none) and ``error`` says why.
+    ``problems``: keys that could not be listed as they are (a name that is not UTF-8, a
+    foreign value, unreadable fields), each with what is wrong; the rest is listed.
     """
 
     prefix: str
@@ -58,6 +64,7 @@ class FleetListing:
     latency_ms: float | None = None
     error: str | None = None
     truncated: bool = False
+    problems: tuple[BreakerProblem, ...] = ()
 
     @property
     def statuses(self) -> list[BreakerStatus]:
@@ -147,8 +154,10 @@ class Fleet:
         started = self._clock()
         cache.reads += 1
         try:
-            names, truncated = scan_breakers(self.client, self.prefix, budget=self.budget)
-            rows = tuple(self._row(cache, name, started) for name in names)
+            survey = survey_breakers(self.client, self.prefix, budget=self.budget)
+            names, truncated = survey.names, survey.truncated
+            problems = list(survey.problems)
+            rows = tuple(self._rows(cache, names, started, problems))
         except READ_ERRORS as error:
             last = cache.listing.rows if cache.listing is not None else ()
             return FleetListing(
@@ -168,7 +177,27 @@ class Fleet:
             read_at=started,
             latency_ms=round(elapsed, 3),
             truncated=truncated,
+            problems=tuple(problems),
         )
+
+    def _rows(
+        self, cache: _Cache, names: list[str], now: float, problems: list[BreakerProblem]
+    ) -> Iterator[BreakerRow]:
+        """A row per readable breaker; the others (and unreadable fields) as ``problems``."""
+        for name in names:
+            try:
+                row = self._row(cache, name, now)
+            except READ_ERRORS as error:
+                failure = read_failure(error)
+                if failure is None:
+                    raise  # Redis itself failed: the whole read did
+                key = breaker_keys(self.prefix, name).state
+                problems.append(failure.model_copy(update={"key": key, "name": name}))
+                continue
+            problem = problem_of(row.status, self.prefix)
+            if problem is not None:
+                problems.append(problem)
+            yield row
 
     def _row(self, cache: _Cache, name: str, now: float) -> BreakerRow:
         known = cache.known.get(name)

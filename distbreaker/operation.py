@@ -232,6 +232,11 @@ def _settings(
     return BreakerConfig(**base)
 
 
+def _number(value: object) -> bool:
+    """A real number (not a bool, not NaN): anything else is left to RetryPolicy to refuse."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
 def _policy(
     max_retries: int,
     base_delay: float,
@@ -241,10 +246,12 @@ def _policy(
     deadline: float | None,
     full_jitter: bool,
 ) -> RetryPolicy:
+    if _number(max_delay) and _number(base_delay):
+        max_delay = max(max_delay, base_delay)  # the seed had no max_delay: a big base wins
     return RetryPolicy(
         max_attempts=max_retries,
         base_delay=base_delay,
-        max_delay=max(max_delay, base_delay),  # the seed had no max_delay: a big base wins
+        max_delay=max_delay,
         multiplier=multiplier,
         jitter=jitter,
         deadline=deadline,

@@ -12,12 +12,17 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distbreaker.classify import MAX_RATE_LIMIT_WAIT, Verdict
 
 if TYPE_CHECKING:
     from distbreaker.breaker import AsyncBreaker, Breaker
+
+# The longest wait between two attempts (a day), and the longest total deadline (a week):
+# anything longer is a mistake, and an infinite one would make time.sleep raise.
+MAX_RETRY_DELAY = 86_400.0
+MAX_DEADLINE = 7 * 86_400.0
 
 
 class RetryPolicy(BaseModel):
@@ -28,16 +33,26 @@ class RetryPolicy(BaseModel):
     With ``full_jitter=True`` the wait is uniform in ``[0, that]`` instead (least total work).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     max_attempts: int = Field(3, ge=1, le=100)
-    base_delay: float = Field(1.0, ge=0)
-    max_delay: float = Field(30.0, ge=0)
-    multiplier: float = Field(2.0, ge=1.0)
+    base_delay: float = Field(1.0, ge=0, le=MAX_RETRY_DELAY)
+    max_delay: float = Field(30.0, ge=0, le=MAX_RETRY_DELAY)
+    multiplier: float = Field(2.0, ge=1.0, le=100)
     jitter: float = Field(0.1, ge=0, le=1)
-    deadline: float | None = Field(None, gt=0)
-    full_jitter: bool = False
-    honor_retry_after: bool = True
+    deadline: float | None = Field(None, gt=0, le=MAX_DEADLINE)
+    full_jitter: bool = Field(False, strict=True)
+    honor_retry_after: bool = Field(True, strict=True)
+
+    @field_validator(
+        "max_attempts", "base_delay", "max_delay", "multiplier", "jitter", "deadline", mode="before"
+    )
+    @classmethod
+    def _no_bools(cls, value: object) -> object:
+        # bool is an int to Python: True would pass as one attempt or a one-second delay
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a bool")
+        return value
 
     @model_validator(mode="after")
     def _check_delays(self) -> RetryPolicy:
@@ -136,6 +151,9 @@ class RetryBudget:
     """
 
     def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+        for value in (max_tokens, token_ratio):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError("max_tokens and token_ratio must be numbers")
         if not 1 <= max_tokens <= 1000:
             raise ValueError("max_tokens must be between 1 and 1000")
         if not 0 < token_ratio <= 1:

@@ -72,14 +72,35 @@ local function clamp(value, low, high)
   return value
 end
 
--- Counters the scripts add to (HINCRBY fails on anything but an integer).
-local COUNTERS = { 'failures_total', 'opens_total', 'last_failure_at', 'last_transition_at',
-  'would_refuse_total' }
+-- TYPE's status reply: a table { ok = 'hash' } in Redis, a plain string in some emulators.
+local function key_type(key)
+  local kind = redis.call('TYPE', key)
+  if type(kind) == 'table' then return kind.ok end
+  return kind
+end
+
+-- What each of the other keys must hold. A value of any other type under one of these names
+-- (written by hand, by another program) is foreign: repair() drops it, since every command
+-- on it would fail with WRONGTYPE and keep the breaker out of shared mode for good.
+local KEY_TYPES = {
+  { K_FAILURES, 'zset', 'failures key' }, { K_PROBES, 'zset', 'probes key' },
+  { K_HISTORY, 'stream', 'history key' }, { K_CALLS, 'hash', 'calls key' },
+  { K_REPORTERS, 'zset', 'reporters key' },
+}
+local COUNTERS = { 'failures_total', 'opens_total', 'would_refuse_total', 'last_failure_at',
+  'last_transition_at' }
 
 local function load_state()
-  local v = redis.call('HMGET', K_STATE, 'state', 'generation', 'opened_at', 'open_until',
-    'probe_successes', 'open_streak', unpack(COUNTERS))
-  local bad = {}
+  local bad, foreign = {}, {}
+  local v = {}
+  local kind = key_type(K_STATE)
+  if kind == 'hash' then
+    v = redis.call('HMGET', K_STATE, 'state', 'generation', 'opened_at', 'open_until',
+      'probe_successes', 'open_streak', unpack(COUNTERS))
+  elseif kind ~= 'none' then
+    bad[#bad + 1] = 'state key'
+    foreign[#foreign + 1] = K_STATE
+  end
   local s = {
     state = v[1] or 'closed',
     generation = stored_int(v[2], 'generation', bad),
@@ -87,19 +108,46 @@ local function load_state()
     open_until = stored_int(v[4], 'open_until', bad),
     probe_successes = stored_int(v[5], 'probe_successes', bad),
     streak = stored_int(v[6], 'open_streak', bad),
+    counters = {},
   }
+  for i, name in ipairs(COUNTERS) do s.counters[name] = stored_int(v[6 + i], name, bad) end
   if not STATES[s.state] then bad[#bad + 1] = 'state' end
   if s.open_until and s.open_until > NOW + MAX_AHEAD then bad[#bad + 1] = 'open_until' end
-  s.counters = {}
-  for i, name in ipairs(COUNTERS) do s.counters[name] = stored_int(v[6 + i], name, bad) end
+  for _, entry in ipairs(KEY_TYPES) do
+    if entry[1] then
+      local found = key_type(entry[1])
+      if found ~= 'none' and found ~= entry[2] then
+        bad[#bad + 1] = entry[3]
+        foreign[#foreign + 1] = entry[1]
+      end
+    end
+  end
   s.bad = bad
+  s.foreign = foreign
   return s
 end
 
--- Add n to a counter field of the calls hash; a field that is not an integer is replaced.
-local function bump(key, field, n)
-  local added = redis.pcall('HINCRBY', key, field, n)
-  if type(added) == 'table' and added.err then redis.call('HSET', key, field, n) end
+-- Drop foreign values (see KEY_TYPES) and rewrite unreadable counters, so that every
+-- command after this one works on what it expects.
+local function clean(s)
+  for _, key in ipairs(s.foreign) do redis.call('DEL', key) end
+  s.foreign = {}
+  local fields = {}
+  for _, name in ipairs(COUNTERS) do
+    if s.counters[name] == nil then
+      s.counters[name] = 0
+      fields[#fields + 1] = name
+      fields[#fields + 1] = 0
+    end
+  end
+  if #fields > 0 then redis.call('HSET', K_STATE, unpack(fields)) end
+end
+
+-- HINCRBY on the calls hash, where a field holding something else than an integer is
+-- replaced instead of failing the script.
+local function bump(field, by)
+  local added = redis.pcall('HINCRBY', K_CALLS, field, by)
+  if type(added) == 'table' and added.err then redis.call('HSET', K_CALLS, field, by) end
 end
 
 -- Idle breakers vanish: a few windows / reset periods after the last write.
@@ -126,8 +174,10 @@ local function window_counts(read_only)
   for i = 1, #flat, 2 do
     local kind, start = string.match(flat[i], '^([cfr]):(%d+)$')
     if kind then
-      local n = tonumber(flat[i + 1]) or 0
-      if tonumber(start) + BUCKET <= floor then
+      local n = tonumber(flat[i + 1])
+      if n == nil or n ~= n or n < 0 or n > MAX_INT or math.floor(n) ~= n then
+        stale[#stale + 1] = flat[i]  -- not a count: dropped (read as none)
+      elseif tonumber(start) + BUCKET <= floor then
         stale[#stale + 1] = flat[i]
       elseif kind == 'c' then calls = calls + n
       elseif kind == 'f' then failures = failures + n
@@ -159,7 +209,7 @@ end
 -- Reporters open on their own right now (`l:<reporter>` = until in the calls hash),
 -- sorted, comma-separated.
 local function locally_open()
-  if not K_CALLS then return '' end
+  if not K_CALLS or key_type(K_CALLS) ~= 'hash' then return '' end
   local flat = redis.call('HGETALL', K_CALLS)
   local open = {}
   for i = 1, #flat, 2 do
@@ -242,10 +292,12 @@ end
 local function repair(s)
   local fields = table.concat(s.bad, ',')
   local generation = (s.generation or 0) + 1
+  clean(s)
   if not STATES[s.state] or not s.generation or not s.open_until then
     s.state = 'closed'
-    redis.call('DEL', K_PROBES)
   end
+  -- the new generation fences every probe in flight: their leases could never be returned
+  redis.call('DEL', K_PROBES)
   s.generation = generation
   s.opened_at = s.opened_at or 0
   s.open_until = s.open_until or 0
@@ -342,7 +394,7 @@ end
 local function apply_counts(batch)
   for age, calls, retries in string.gmatch(batch, '(%d+):(%d+):(%d+)') do
     local bucket = bucket_of(NOW - math.min(tonumber(age), WINDOW))
-    if tonumber(calls) > 0 then bump(K_CALLS, 'c:' .. bucket, calls) end
-    if tonumber(retries) > 0 then bump(K_CALLS, 'r:' .. bucket, retries) end
+    if tonumber(calls) > 0 then bump('c:' .. bucket, calls) end
+    if tonumber(retries) > 0 then bump('r:' .. bucket, retries) end
   end
 end

@@ -15,8 +15,11 @@
 -- Fast path, before the shared definitions (and their TIME call): a closed breaker with a
 -- readable generation and a TTL admits with one HMGET and one PTTL. This is every healthy
 -- call in consistency="strict". Anything else goes the long way, which repairs.
-local quick = redis.call('HMGET', KEYS[1], 'state', 'generation')
-if not quick[1] then
+-- (pcall: a foreign value under the state key's name is repaired on the long way)
+local quick = redis.pcall('HMGET', KEYS[1], 'state', 'generation')
+if quick.err then
+  quick = {}
+elseif not quick[1] then
   return { 1, 'closed', 0, 0, 0, 0 }
 end
 if quick[1] == 'closed' or quick[1] == 'forced_closed' then
@@ -50,8 +53,10 @@ if s.state == 'open' then
   transition(s, 'half_open', 'reset_timeout')
 end
 
--- half_open
+-- half_open: expired leases go, and so do leases no writer could have given (a probe
+-- timeout is at most a day), which would otherwise hold their slot forever
 redis.call('ZREMRANGEBYSCORE', K_PROBES, '-inf', NOW)
+redis.call('ZREMRANGEBYSCORE', K_PROBES, '(' .. (NOW + 86400 * 1000), '+inf')
 if redis.call('ZSCORE', K_PROBES, CALL_ID) then
   return { 1, 'half_open', s.generation, 0, 1, 0 }
 end

@@ -23,6 +23,10 @@ if COMMAND ~= 'force_open' and COMMAND ~= 'force_closed' and COMMAND ~= 'reset'
     and COMMAND ~= 'hold_open' then
   return redis.error_reply('distbreaker: unknown control command ' .. tostring(COMMAND))
 end
+local control_type = key_type(K_CONTROL)
+if control_type ~= 'none' and control_type ~= 'hash' then
+  redis.call('DEL', K_CONTROL)  -- a foreign value: still the first write, refused the same way
+end
 redis.call('HSET', K_CONTROL, 'command', COMMAND, 'actor', ACTOR, 'reason', REASON, 'at', NOW)
 redis.call('PEXPIRE', K_CONTROL, FORCED_TTL)
 
@@ -41,6 +45,7 @@ local changed = 0
 
 if COMMAND == 'reset' then
   -- reset repairs by rewriting every field, whatever it held
+  clean(s)
   local old = STATES[s.state] and s.state or 'closed'
   s.state = old
   s.generation = s.generation or 0

@@ -72,8 +72,8 @@ if OUTCOME == 'failure' then
     count = FAILURES_CAP
   end
   local bucket = bucket_of(NOW)
-  bump(K_CALLS, 'c:' .. bucket, 1)
-  bump(K_CALLS, 'f:' .. bucket, 1)
+  bump('c:' .. bucket, 1)
+  bump('f:' .. bucket, 1)
   redis.call('ZADD', K_REPORTERS, NOW, REPORTER)
   redis.call('ZREMRANGEBYSCORE', K_REPORTERS, '-inf', NOW - WINDOW)
   redis.call('HINCRBY', K_STATE, 'failures_total', 1)

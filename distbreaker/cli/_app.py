@@ -47,22 +47,26 @@ from distbreaker.diagnostics import (
     REDIS_CLUSTER_ENV,
     REDIS_URL_ENV,
     TOOL_ERRORS,
+    BreakerProblem,
     RedisHealth,
     ServiceCheck,
     breaker_exists,
     breaker_for,
     check_docker,
     check_github,
+    list_breakers,
     load_scripts,
     measure_latency,
     open_client,
     open_cluster_client,
+    problem_of,
     redact_url,
     redis_health,
-    scan_breakers,
     settings_stored,
+    stored_config,
 )
 from distbreaker.errors import StoreUnavailableError
+from distbreaker.status import BreakerStatus
 from distbreaker.store import events_channel
 
 EXTERNAL_CHECK_TIMEOUT = 5.0
@@ -201,22 +205,33 @@ def status(
     url, prefix = _url(redis_url), _prefix(prefix)
     client = connect_checked(url, cluster)
     if name is not None:
-        breakers = [_existing(client, prefix, _name(name), url)]
+        statuses = [_existing(client, prefix, _name(name), url).status()]
+        problems = [p for p in (problem_of(statuses[0], prefix),) if p is not None]
     else:
-        names, truncated = scan_breakers(client, prefix)
-        if truncated:
+        listing = list_breakers(client, prefix)
+        if listing.truncated:
             error_line("the key scan stopped at its budget: some breakers may be missing")
-        breakers = [breaker_for(client, prefix, n) for n in names]
-    statuses = [b.status() for b in breakers]
+        statuses, problems = listing.statuses, listing.problems
     if as_json:
         print(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2), flush=True)
+        for problem in problems:  # stdout stays a list of BreakerStatus
+            print(f"distbreaker: {problem_line(problem)}", file=sys.stderr, flush=True)
         return
     out = Output()
     if not statuses:
         out.line(f"no breakers under prefix {prefix!r} at {redact_url(url)}")
-        return
+    else:
+        _status_table(out, client, prefix, statuses)
+    for problem in problems:
+        out.line(problem_line(problem), "yellow")
+
+
+def _status_table(out: Output, client: Any, prefix: str, statuses: list[BreakerStatus]) -> None:
     now = time.time()
-    configs = [b.config if settings_stored(client, prefix, b.name) else None for b in breakers]
+    configs = [
+        stored_config(client, prefix, s.name) if settings_stored(client, prefix, s.name) else None
+        for s in statuses
+    ]
     columns = [*STATUS_COLUMNS, WHY_COLUMN]
     rows = [
         [*status_row(s, c, now), why_text(s, now)] for s, c in zip(statuses, configs, strict=True)
@@ -232,6 +247,11 @@ def status(
     for status_ in statuses:
         if status_.config_conflict:
             out.line(f"{status_.name}: {conflict_text(status_.config_conflict)}", "yellow")
+
+
+def problem_line(problem: BreakerProblem) -> str:
+    """One key that could not be listed as it is, and why."""
+    return f"problem: {problem.key}: {problem.problem}"
 
 
 @app.command()
@@ -549,18 +569,21 @@ def _diagnose_store(
     report["scripts"] = shas
     add(["scripts", "ok", f"{', '.join(shas)} loaded with SCRIPT LOAD"], [None, "green", None])
     try:
-        names, truncated = scan_breakers(client, prefix)
-        statuses = [breaker_for(client, prefix, n).status() for n in names]
+        listing = list_breakers(client, prefix)
     except _READ_ERRORS as error:
         add(["breakers", "failed", str(error)], [None, "bold red", None])
         return False
+    statuses, problems = listing.statuses, listing.problems
     report["breakers"] = [s.model_dump(mode="json") for s in statuses]
+    report["problems"] = [p.model_dump(mode="json") for p in problems]
     healthy = sum(s.healthy for s in statuses)
-    more = " (scan budget reached: maybe more)" if truncated else ""
-    summary = f"{len(statuses)} under prefix {prefix!r}, {healthy} healthy{more}"
+    more = " (scan budget reached: maybe more)" if listing.truncated else ""
+    odd = f", {len(problems)} with problems" if problems else ""
+    summary = f"{len(statuses)} under prefix {prefix!r}, {healthy} healthy{odd}{more}"
+    fine = healthy == len(statuses) and not problems
     add(
-        ["breakers", "ok" if healthy == len(statuses) else "degraded", summary],
-        [None, "green" if healthy == len(statuses) else "yellow", None],
+        ["breakers", "ok" if fine else "degraded", summary],
+        [None, "green" if fine else "yellow", None],
     )
     for s in statuses:
         plural = "" if s.failure_count == 1 else "s"
@@ -573,6 +596,8 @@ def _diagnose_store(
                 [f"  {s.name}", "conflict", conflict_text(s.config_conflict)],
                 [None, "yellow", None],
             )
+    for problem in problems:
+        add([f"  {problem.key}", "problem", problem.problem], [None, "yellow", None])
     return True
 
 

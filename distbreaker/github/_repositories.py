@@ -11,7 +11,8 @@ _OWNER = r"(?P<owner>[A-Za-z0-9][A-Za-z0-9-]{0,38})"
 _NAME = r"(?P<name>[A-Za-z0-9._-]{1,100}?)(?:\.git)?"
 WEB_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?", re.ASCII)
 _MAX_URL_LENGTH = 512
-_CREDENTIALS = re.compile(r"://[^/@]*:[^/@]*@")
+# Any user part but ssh's "git@": a bare token (https://TOKEN@github.com/...) is one too.
+_CREDENTIALS = re.compile(r"://(?!git@)[^/@]*@")
 
 
 @dataclass(frozen=True, slots=True)

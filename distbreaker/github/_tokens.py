@@ -6,6 +6,7 @@ Nothing here talks to GitHub: the clients mint tokens and hand them to ``TokenCa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,13 +33,17 @@ JWT_LIFETIME = 540
 
 _SECRET = re.compile(
     r"(?:gh[oprsu]_|github_pat_)[A-Za-z0-9._]{16,}"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    # classic personal access and OAuth tokens: 40 hex digits, no prefix (a commit id looks
+    # the same and is masked too: better than echoing a token)
+    r"|(?<![0-9A-Fa-f])[0-9A-Fa-f]{40}(?![0-9A-Fa-f])",
     re.ASCII,
 )
 
 
 def redact(text: str) -> str:
-    """``text`` with GitHub tokens (``ghs_``, ``ghp_``, ``github_pat_`` …) and JWTs masked."""
+    """``text`` with GitHub tokens (``ghs_``, ``ghp_``, ``github_pat_``, classic 40-hex …)
+    and JWTs masked."""
     return _SECRET.sub(lambda match: match.group(0)[:4] + "…[redacted]", text)
 
 
@@ -137,17 +143,45 @@ class TokenCache:
         return found
 
     def save(self, key: str, token: AppToken, installation_key: str | None, now: float) -> None:
-        """Remember ``token`` (and which installation serves a repository), then write."""
-        self._load()
-        with self._lock:
-            self._tokens[key] = token
-            if installation_key is not None and token.installation_id is not None:
-                self._installations[installation_key] = token.installation_id
-            expired = [k for k, t in self._tokens.items() if t.expires_in(now) <= 0]
-            for stale in expired:
-                del self._tokens[stale]
-            document = self._document()
-        self._write(document)
+        """Remember ``token`` (and which installation serves a repository), then write.
+
+        The file's read-merge-write runs under an exclusive ``flock`` on a lock file beside
+        it, so processes writing at once never lose each other's tokens.
+        """
+        with self._file_lock():
+            self._load()
+            with self._lock:
+                self._tokens[key] = token
+                if installation_key is not None and token.installation_id is not None:
+                    self._installations[installation_key] = token.installation_id
+                expired = [k for k, t in self._tokens.items() if t.expires_in(now) <= 0]
+                for stale in expired:
+                    del self._tokens[stale]
+                document = self._document()
+            self._write(document)
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """``flock`` on ``.NAME.lock`` (0600) beside the cache; without one (no file, a lock
+        that cannot be opened) the update goes on unlocked: the cache is an aid."""
+        if self.path is None:
+            yield
+            return
+        lock_path = self.path.with_name(f".{self.path.name}.lock")
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            descriptor = os.open(lock_path, flags, 0o600)
+        except OSError as error:
+            logger.warning("cannot lock GitHub token cache %s: %s", self.path, type(error).__name__)
+            yield
+            return
+        try:
+            # each call opens its own descriptor: threads of one process exclude each other
+            # as processes do (flock locks belong to the open file, not to the process)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
 
     def _document(self) -> bytes:
         tokens = {

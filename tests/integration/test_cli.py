@@ -47,6 +47,13 @@ def distbreaker(
     )
 
 
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.02)
+
+
 def fail(breaker: Breaker, times: int) -> None:
     for _ in range(times):
         with pytest.raises(ConnectionError):
@@ -128,7 +135,7 @@ def test_open_for_expires_by_itself(
     assert result.returncode == 0, result.stderr
     assert "breaker 'github' is open for 1.0s" in result.stdout
     assert breaker.execute(lambda: "called", fallback=lambda: "refused") == "refused"
-    time.sleep(1.2)  # real processes, real Redis time
+    wait_until(lambda: breaker.status().time_until_reset == 0, 10)  # Redis time, bounded
     shown = distbreaker("status", "github", url=redis_url, prefix=prefix)
     assert shown.stdout.splitlines()[1].split()[:2] == ["github", "open"]
     assert " due " in shown.stdout  # the wait is over: the next call probes

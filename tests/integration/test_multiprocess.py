@@ -20,12 +20,14 @@ PROCESSES = 8
 THRESHOLD = 5
 
 
-def run_all(target: Any, url: str, settings: dict[str, Any]) -> list[Any]:
+def run_all(target: Any, url: str, settings: dict[str, Any], *, counter: bool = False) -> list[Any]:
+    """``target(url, settings, barrier, queue[, counter])`` in each of the processes."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     queue = context.Queue()
+    extra = (context.Value("i", 0),) if counter else ()
     processes = [
-        context.Process(target=target, args=(url, settings, barrier, queue))
+        context.Process(target=target, args=(url, settings, barrier, queue, *extra))
         for _ in range(PROCESSES)
     ]
     for process in processes:
@@ -37,16 +39,27 @@ def run_all(target: Any, url: str, settings: dict[str, Any]) -> list[Any]:
     return results
 
 
-def drain_events(pubsub: Any) -> list[dict[str, Any]]:
-    """Every event that arrives until the channel has been quiet for half a second."""
+def drain_events(client: Any, pubsub: Any, channel: str) -> list[dict[str, Any]]:
+    """Every event published so far: read up to a marker this test publishes after them
+    (one subscriber connection receives in publishing order), at most 30 s."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    client.publish(channel, marker)
     events = []
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < 0.5:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.1)
         if message and message["type"] == "message":
+            if message["data"].decode() == marker:
+                return events
             events.append(json.loads(message["data"]))
-            quiet_since = time.monotonic()
-    return events
+    raise AssertionError("the marker did not come back")
+
+
+def wait_until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("consistency", ["strict", "cached"])
@@ -60,14 +73,16 @@ def test_eight_processes_trip_once_and_probe_once(redis_url: str, consistency: s
         "half_open_max_calls": 1,
     }
     client = distbreaker.connect(redis_url, timeout=2.0)
+    channel = f"{prefix}:events"
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(f"{prefix}:events")
+    pubsub.subscribe(channel)
+    wait_until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 10)
 
     calls = run_all(workers.hammer_until_refused, redis_url, settings)
     total = sum(calls)
     observer = Breaker("shared", client, BreakerConfig(**settings))
     status = observer.status()
-    events = drain_events(pubsub)
+    events = drain_events(client, pubsub, channel)
     overshoot = total - THRESHOLD
     print(
         f"\n[{consistency}] calls per process {calls}: total {total}, "
@@ -77,12 +92,12 @@ def test_eight_processes_trip_once_and_probe_once(redis_url: str, consistency: s
     assert status.failures_total == total  # every failure reached Redis exactly once
     assert THRESHOLD <= total <= THRESHOLD + PROCESSES - 1
 
-    time.sleep(max(0.0, status.time_until_reset) + 0.05)
-    ran = run_all(workers.probe_once, redis_url, settings)
+    wait_until(lambda: observer.status().time_until_reset == 0, 30)  # Redis time
+    ran = run_all(workers.probe_once, redis_url, settings, counter=True)
     print(f"[{consistency}] probes admitted at once: {sum(ran)} of {PROCESSES}")
     assert sum(ran) == 1
     assert observer.status().state == "closed"
-    events = drain_events(pubsub)
+    events = drain_events(client, pubsub, channel)
     assert [(e["from"], e["to"]) for e in events] == [
         ("open", "half_open"),
         ("half_open", "closed"),

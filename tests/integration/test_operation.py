@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 import distbreaker
-from distbreaker import CircuitOpenError, create_async_network_operation, create_network_operation
-from distbreaker.store import breaker_keys
+from distbreaker import (
+    CircuitOpenError,
+    create_async_network_operation,
+    create_network_operation,
+    hooks,
+)
+from distbreaker.core import Event
+from distbreaker.store import breaker_keys, events_channel
 from tests.conftest import FakeClock
 from tests.unit.test_operation import Twin, Upstream, down, http_error
 
@@ -102,10 +108,57 @@ async def test_second_worker_is_refused_without_calling_the_upstream(twin: Twin)
     assert twin.sleeps == [1.0]  # only the first worker ever backed off
 
 
-async def test_both_workers_recover_together_after_the_reset_timeout(twin: Twin) -> None:
+class SeenEvents:
+    """A hook: the transitions this process's subscribers delivered."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def on_transition(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def wait_for(self, to_state: str, count: int) -> None:
+        """Until ``count`` deliveries of a transition to ``to_state`` (yielding to the
+        loop, where the async twin's subscribers run); at most 10 s."""
+        async with asyncio.timeout(10):
+            # the events arrive on subscriber threads as well as on this loop
+            while sum(e.to_state == to_state for e in self.events) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def seen() -> Iterator[SeenEvents]:
+    hook = SeenEvents()
+    hooks.add_hook(hook)
+    yield hook
+    hooks.remove_hook(hook)
+
+
+async def wait_for_subscribers(redis_url: str, channel: str, count: int) -> None:
+    client = distbreaker.connect(redis_url, timeout=2.0)
+    try:
+        async with asyncio.timeout(10):
+            while client.pubsub_numsub(channel)[0][1] < count:  # noqa: ASYNC110 - in Redis
+                await asyncio.sleep(0.01)
+    finally:
+        client.close()
+
+
+async def test_both_workers_recover_together_after_the_reset_timeout(
+    twin: Twin, seen: SeenEvents, redis_url: str
+) -> None:
     first = twin.build(circuit_threshold=1, circuit_reset_timeout=30, max_retries=1)
     second = twin.build(circuit_threshold=1, circuit_reset_timeout=30, max_retries=1)
+    cached = twin.consistency == "cached"
+    if cached:
+        # both subscribed before the trip, so the open event reaches both, and before the
+        # clock moves: a late event must not be what the test races against
+        await first.status()
+        await second.status()
+        await wait_for_subscribers(redis_url, events_channel(twin.prefix), 2)
     await first.execute(Upstream(down()), lambda: None)
+    if cached:
+        await seen.wait_for("open", 2)
     twin.clock.advance(31)
     assert await second.execute(Upstream()) == "value"  # the probe closes it for everyone
     assert await first.execute(Upstream()) == "value"

@@ -37,21 +37,28 @@ def hammer_until_refused(url: str, settings: dict[str, Any], barrier: Any, queue
     queue.put(calls)
 
 
-def probe_once(url: str, settings: dict[str, Any], barrier: Any, queue: Any) -> None:
-    """Try one call at the same moment as the others; the call holds its probe 0.5 s."""
+def probe_once(url: str, settings: dict[str, Any], barrier: Any, queue: Any, attempts: Any) -> None:
+    """Try one call at the same moment as the others. The one admitted as the probe holds
+    its lease until every other process has tried (``attempts`` counts them), however
+    slowly a loaded machine schedules them; at most 30 s."""
     breaker = _breaker(url, settings)
     breaker.status()
     ran = False
 
-    def slow_success() -> str:
+    def held_probe() -> str:
         nonlocal ran
         ran = True
-        time.sleep(0.5)  # keep the probe in flight while the other processes try
+        deadline = time.monotonic() + 30
+        while attempts.value < barrier.parties - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         return "ok"
 
     barrier.wait()
     with contextlib.suppress(CircuitOpenError):
-        breaker.execute(slow_success)
+        breaker.execute(held_probe)
+    if not ran:
+        with attempts.get_lock():
+            attempts.value += 1
     queue.put(ran)
 
 

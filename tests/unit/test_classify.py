@@ -26,6 +26,7 @@ from distbreaker.classify import (
     classify,
     for_status,
     is_failure,
+    parse_retry_after,
     rate_limit_wait,
 )
 
@@ -220,3 +221,44 @@ def test_predicates_may_return_a_bool() -> None:
     assert as_verdict(FAILURE) is FAILURE
     assert is_failure(ConnectionError()) is True
     assert is_failure(ValueError()) is False
+
+
+# -- headers that are not what they claim (issue 12, defect 7) ------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u00b2",  # superscript two
+        "\u0661\u0662",  # Arabic-Indic twelve
+        "\uff13",  # fullwidth three
+        "1e3",
+        "inf",
+        "-0",
+        "+5",
+        "9" * 21,
+        "Fri, 31 Dec 99999 23:59:59 GMT",
+    ],
+)
+def test_odd_retry_after_values_read_as_no_header(value: str) -> None:
+    """``"\u00b2".isdigit()`` is True and ``float()`` of it raises: a ValueError before."""
+    assert parse_retry_after(value, 0.0) is None
+    verdict = for_status(503, {"retry-after": value}, now=0.0)
+    assert verdict == Verdict(counts=True, retryable=True, retry_after=None)
+    limited = for_status(429, {"retry-after": value}, now=0.0)
+    assert (limited.rate_limited, limited.retry_after) == (True, DEFAULT_RATE_LIMIT_WAIT)
+
+
+@pytest.mark.parametrize("reset", ["\u00b2", "\u0661\u0667" + "\u0660" * 8, "1.7e9", "soon", ""])
+def test_an_odd_rate_limit_reset_waits_the_default(reset: str) -> None:
+    headers = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset}
+    assert rate_limit_wait(403, headers, now=0.0) == DEFAULT_RATE_LIMIT_WAIT
+
+
+def test_a_503_with_an_odd_retry_after_still_counts() -> None:
+    request = httpx.Request("GET", "https://api.example.test/")
+    # a server's header bytes as httpx decodes them (latin-1): "\u00b2"
+    response = httpx.Response(503, headers={"Retry-After": b"\xb2"}, request=request)
+    assert response.headers["retry-after"] == "\u00b2"
+    error = httpx.HTTPStatusError("503", request=request, response=response)
+    assert classify(error) == Verdict(counts=True, retryable=True, retry_after=None)

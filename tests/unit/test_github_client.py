@@ -698,3 +698,24 @@ def test_default_http_client_has_timeouts() -> None:
         timeout = client._http.timeout
         assert timeout.connect == 5.0
         assert timeout.read == 10.0
+
+
+# -- odd headers (issue 12, defect 7) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["retry-after", "x-ratelimit-reset"])
+def test_a_header_digit_that_float_refuses_reads_as_no_header(
+    twin: Twin, api: FakeAPI, header: str
+) -> None:
+    """``Retry-After: \\u00b2`` made test_repository_access raise ValueError before, and
+    the 503 was not counted."""
+    headers = {header: b"\xb2", "x-ratelimit-remaining": b"0"}
+    api.on("GET", "/repos/octo/widgets", httpx.Response(503, headers=headers))
+    result = twin.build(token=USER_TOKEN).access()
+    assert (result.accessible, result.degraded, result.reason) == (False, True, UNAVAILABLE)
+    assert twin.status().failures_total == 3  # every attempt counted
+    limited = httpx.Response(403, headers=headers, json={"message": "API rate limit exceeded"})
+    api.on("GET", "/repos/octo/widgets", limited)
+    answer = twin.access()
+    assert (answer.accessible, answer.degraded) == (False, True)
+    assert answer.reason.startswith("GitHub API rate limit exceeded")

@@ -117,3 +117,28 @@ def test_refusal_redacts_tokens() -> None:
     with pytest.raises(ValueError) as caught:
         parse_repository(f"https://{token}@github.com/octo/widgets")
     assert token not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://{token}@github.com/octo/widgets",
+        "https://x-access-token:{token}@github.com/octo/widgets",
+        "https://github.com/octo/widgets?access_token={token}",
+        "https://github.com/{token}/widgets/extra",
+        "{token}",
+    ],
+)
+def test_refusal_never_echoes_a_classic_40_hex_token(url: str) -> None:
+    """Before: a classic token (40 hex digits, no ``ghp_`` prefix) came back in the error."""
+    token = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(ValueError) as caught:
+        parse_repository(url.format(token=token))
+    assert token not in str(caught.value)
+    assert token[:12] not in str(caught.value)
+
+
+def test_a_rejected_ssh_url_is_still_shown() -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_repository("ssh://git@github.com/octo/widgets/extra")
+    assert "ssh://git@github.com/octo/widgets/extra" in str(caught.value)

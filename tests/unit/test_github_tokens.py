@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -146,7 +148,9 @@ def test_cache_file_is_written_with_mode_0600_even_under_a_lax_umask(tmp_path: P
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no temporary file left
+    # no temporary file left; the lock file stays (removing it would race another writer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.lock", "cache"]
+    assert stat.S_IMODE((tmp_path / ".cache.lock").stat().st_mode) == 0o600
 
 
 def test_write_replaces_atomically_and_tightens_an_existing_file(tmp_path: Path) -> None:
@@ -220,3 +224,38 @@ def test_memory_only_cache(tmp_path: Path) -> None:
     cache.save("k", token_expiring(time.time() + 3600), "r", time.time())
     assert cache.token("k", time.time()) is not None
     assert list(tmp_path.iterdir()) == []
+
+
+# -- two processes writing at once (issue 12, defect 8) ---------------------------------
+
+TOKENS_PER_WRITER = 200
+
+
+def _write_tokens(path: str, writer: int, start: Any) -> None:
+    start.wait(30)
+    cache = TokenCache(path)
+    for n in range(TOKENS_PER_WRITER):
+        token = token_expiring(time.time() + 3600, f"ghs_{writer:02d}{n:06d}" + "x" * 30)
+        cache.save(f"writer{writer}:{n}", token, f"octo/repo-{writer}-{n}", time.time())
+
+
+def test_two_processes_writing_the_cache_lose_no_token(tmp_path: Path) -> None:
+    """Before: a read-modify-write without a lock lost about 1 % of the tokens (4 of 400)."""
+    path = tmp_path / "token-cache"
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    writers = [
+        context.Process(target=_write_tokens, args=(str(path), writer, start))
+        for writer in range(2)
+    ]
+    for process in writers:
+        process.start()
+    start.set()
+    for process in writers:
+        process.join(120)
+        assert process.exitcode == 0
+    document = json.loads(path.read_bytes())
+    assert len(document["tokens"]) == 2 * TOKENS_PER_WRITER
+    assert len(document["installations"]) == 2 * TOKENS_PER_WRITER
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

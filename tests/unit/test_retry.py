@@ -6,8 +6,10 @@ import email.utils
 import random
 
 import pytest
+import redis
+from pydantic import ValidationError
 
-from distbreaker import RetryPolicy
+from distbreaker import RetryPolicy, create_network_operation
 from distbreaker.classify import FAILURE, IGNORED, Verdict, for_status, parse_retry_after
 from distbreaker.retry import GiveUp, Retry, RetryBudget, after_failure
 
@@ -233,3 +235,57 @@ def test_a_spent_budget_stops_retries_with_fallback() -> None:
 def test_budget_settings_are_checked(tokens: float, ratio: float) -> None:
     with pytest.raises(ValueError, match=r"max_tokens|token_ratio"):
         RetryBudget(tokens, ratio)
+
+
+# -- bad settings are refused before anything runs (issue 12, defect 7) -----------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"base_delay": float("inf")},
+        {"max_delay": float("inf")},
+        {"base_delay": 1e300, "max_delay": 1e300},
+        {"deadline": float("inf")},
+        {"deadline": float("nan")},
+        {"multiplier": float("inf")},
+        {"multiplier": 1e300},
+        {"jitter": float("nan")},
+        {"max_attempts": True},
+        {"base_delay": True},
+        {"full_jitter": 1},
+        {"honor_retry_after": "yes"},
+    ],
+)
+def test_policy_refuses_what_no_retry_could_mean(settings: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        RetryPolicy(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"base_delay": float("inf")},
+        {"base_delay": float("nan")},
+        {"base_delay": 1e300},
+        {"max_delay": float("inf")},
+        {"deadline": float("inf")},
+        {"max_retries": True},
+        {"circuit_threshold": True},
+        {"circuit_reset_timeout": float("inf")},
+        {"base_delay": "soon"},
+    ],
+)
+def test_create_network_operation_refuses_bad_input_before_any_io(
+    arguments: dict[str, object],
+) -> None:
+    """An unreachable Redis: a clear error before anything is asked of it."""
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.01)
+    with pytest.raises(ValidationError):
+        create_network_operation("svc", client, **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("tokens", "ratio"), [(True, 0.1), (10, True), ("10", 0.1)])
+def test_budget_refuses_what_is_not_a_number(tokens: object, ratio: object) -> None:
+    with pytest.raises(TypeError):
+        RetryBudget(tokens, ratio)  # type: ignore[arg-type]
