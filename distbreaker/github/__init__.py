@@ -15,7 +15,15 @@ Parts: ``_repositories`` (URL parsing), ``_tokens`` (AppToken, JWT, the 0600 tok
 redaction), ``_answers`` (what GitHub's answers mean), ``_client`` (the twins).
 """
 
-from distbreaker.errors import TokenUnavailableError
+from distbreaker.errors import TokenUnavailableError, missing_extra
+
+try:
+    import cryptography as _cryptography  # noqa: F401
+    import httpx as _httpx  # noqa: F401
+    import jwt as _jwt  # noqa: F401
+except ImportError as error:
+    raise missing_extra("github", "distbreaker.github") from error
+
 from distbreaker.github._answers import (
     UNAVAILABLE,
     AccessMode,
