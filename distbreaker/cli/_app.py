@@ -486,23 +486,35 @@ def demo(
             "--duration", min=6.0, metavar="SECONDS", max=3600.0, help="Seconds the demo runs."
         ),
     ] = 15.0,
-    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            metavar="URL",
+            envvar=REDIS_URL_ENV,
+            show_envvar=True,
+            help=f"Redis to use; without one, {DEFAULT_REDIS_URL} or else an embedded Redis.",
+        ),
+    ] = None,
     prefix: Prefix = DEFAULT_PREFIX,
 ) -> None:
     """Worker processes share one breaker against a flaky local upstream; ends by itself.
 
-    Without a reachable Redis, an embedded one (fakeredis) is started and stopped.
+    Without --redis-url and nothing answering at the default URL, an embedded Redis
+    (fakeredis) is started and stopped; a given URL that does not answer is an error.
     """
-    from distbreaker.cli._demo import run_demo
+    from distbreaker.cli._demo import DemoError, run_demo
 
-    url, prefix = _url(redis_url), _prefix(prefix)
+    url, prefix = redis_url or None, _prefix(prefix)
     try:
         run_demo(url, Output(), workers=workers, duration=duration, prefix=prefix)
+    except DemoError as error:
+        raise CliError(str(error)) from None
     except ValueError as error:
-        raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+        raise CliError(f"bad Redis URL {redact_url(_url(url))!r}: {error}", 2) from None
     except ImportError as error:
         raise CliError(
-            f"no Redis at {redact_url(url)} and no embedded one ({error}): "
+            f"no Redis at {redact_url(_url(url))} and no embedded one ({error}): "
             "pip install 'distbreaker[cli]'"
         ) from None
 
