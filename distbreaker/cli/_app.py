@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import math
@@ -127,7 +128,38 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("distbreaker")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"distbreaker {_version()}", flush=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Inspect, watch and steer circuit breakers shared through Redis."""
+
 
 RedisUrl = Annotated[
     str,
@@ -338,7 +370,7 @@ def dashboard(
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
 ) -> None:
-    """A live web page of every breaker; controls with --token-file (extra [dashboard])."""
+    """A live web page of every breaker; controls with --token-file (the dashboard extra)."""
     try:
         from distbreaker.dashboard import DashboardError, serve
     except ImportError as error:
@@ -522,6 +554,14 @@ def demo(
 # -- entry point --------------------------------------------------------------------------
 
 
+def _usage_line(error: typer.TyperException) -> str:
+    """Click's message and where the help is, on one line (never the usage block)."""
+    message = " ".join(error.format_message().split())
+    context = getattr(error, "ctx", None)
+    path = getattr(context, "command_path", None) or "distbreaker"
+    return f"{message} (see '{path} --help')"
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv``; the exit status (errors already printed)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -530,12 +570,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("distbreaker").addHandler(logging.NullHandler())
     try:
         result = app(args=args, prog_name="distbreaker", standalone_mode=False)
-    except typer.TyperException as error:  # usage errors: click's own message
-        show = getattr(error, "show", None)
-        if callable(show):
-            show()
-        else:
-            error_line(error.format_message())
+    except typer.TyperException as error:  # usage errors: click's message, in one line
+        if error.format_message().strip():  # none when the help was shown for no arguments
+            error_line(_usage_line(error))
         return error.exit_code
     except typer.Abort:
         error_line("aborted")
