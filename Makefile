@@ -7,11 +7,16 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test unit lint bench soak clean
 
+# A line per step and pip's own lines per package: the first `make demo` takes a minute or two.
 $(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> upgrading pip in $(VENV)"
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "==> installing distbreaker with its [dev] extras into $(VENV)"
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
 	touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 venv: $(STAMP)
 

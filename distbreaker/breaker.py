@@ -11,7 +11,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, Self, TypeVar, cast
 
 from distbreaker import upkeep
 from distbreaker.classify import Classifier, Verdict, classify
@@ -120,6 +120,12 @@ class Breaker(_Shell):
         super().__init__(name, config, clock, classifier)
         self.redis = redis
         self._store = SyncStore(redis, self.name, self.config, self._protocol.reporter)
+
+    def judged_by(self, classifier: Classifier) -> Self:
+        """A breaker of the same name, Redis, settings and clock that judges errors by
+        ``classifier`` (it shares the fleet's state; only this process's verdicts differ)."""
+        clock = self._protocol.clock.source
+        return type(self)(self.name, self.redis, self.config, clock, classifier=classifier)
 
     def _process(self) -> CallProtocol:
         """The protocol, renewed (with a new store) in a forked child."""
@@ -371,6 +377,11 @@ class AsyncBreaker(_Shell):
         super().__init__(name, config, clock, classifier)
         self.redis = redis
         self._store = AsyncStore(redis, self.name, self.config, self._protocol.reporter)
+
+    def judged_by(self, classifier: Classifier) -> Self:
+        """The twin of :meth:`Breaker.judged_by`."""
+        clock = self._protocol.clock.source
+        return type(self)(self.name, self.redis, self.config, clock, classifier=classifier)
 
     def _process(self) -> CallProtocol:
         """The protocol, renewed (with a new store) in a forked child."""

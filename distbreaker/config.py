@@ -22,6 +22,28 @@ def validate_name(name: object) -> str:
     return name
 
 
+_HOST_NAME = re.compile(r"[a-z0-9._:-]+", re.ASCII)
+
+
+def host_breaker_name(base: str, host: str, port: int | None = None) -> str:
+    """The breaker name of one upstream host: ``base:host`` or ``base:host:port``.
+
+    Case and a trailing dot do not matter and IPv6 brackets are dropped
+    (``docker-registry:::1:5000``). A host that does not fit the name rules (too long, not
+    IDNA-encoded) becomes ``base:<first 40 characters>.H<20 hex digits of SHA-256>``: stable,
+    distinct, and never equal to a readable name (those have no uppercase letter).
+    """
+    validate_name(base)
+    host = host.lower().removeprefix("[").removesuffix("]").removesuffix(".")
+    spelled = host if port is None else f"{host}:{port}"
+    readable = f"{base}:{spelled}"
+    if _HOST_NAME.fullmatch(spelled) and len(readable) <= 128:
+        return readable
+    digest = hashlib.sha256(spelled.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    shown = re.sub(r"[^a-z0-9._-]", "-", host, flags=re.ASCII)[:40]
+    return validate_name(f"{base[:64]}:{shown}.H{digest}")
+
+
 MAX_DURATION = 86_400 * 7  # seconds: the longest window, reset timeout or operator hold
 _REPORTER = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
 # The fields stored in the state hash (``as_json``): the ones that shape the shared decision.

@@ -140,6 +140,18 @@ class NetworkOperation(_OperationBase):
         """The breaker's status, as Redis has it."""
         return self.breaker.status()
 
+    def judged_by(self, classifier: Classifier) -> NetworkOperation:
+        """The same operation (breaker name, Redis, settings, retries, clock, budget) judging
+        errors by ``classifier``: what counts, what is retried, what holds the breaker open."""
+        return NetworkOperation(
+            self.breaker.judged_by(classifier),
+            self.retry,
+            sleep=self._sleep,
+            clock=self._clock,
+            rng=self._rng,
+            budget=self.budget,
+        )
+
     def _hold(self, seconds: float) -> None:
         self._log_hold(self.breaker.name, seconds)
         with contextlib.suppress(StoreUnavailableError):
@@ -208,6 +220,17 @@ class AsyncNetworkOperation(_OperationBase):
     async def status(self) -> BreakerStatus:
         """The breaker's status, as Redis has it."""
         return await self.breaker.status()
+
+    def judged_by(self, classifier: Classifier) -> AsyncNetworkOperation:
+        """The twin of :meth:`NetworkOperation.judged_by`."""
+        return AsyncNetworkOperation(
+            self.breaker.judged_by(classifier),
+            self.retry,
+            sleep=self._sleep,
+            clock=self._clock,
+            rng=self._rng,
+            budget=self.budget,
+        )
 
     async def _hold(self, seconds: float) -> None:
         self._log_hold(self.breaker.name, seconds)

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 
 NAME_MAX_LENGTH = 255
+# Where a name without a registry host goes, and the other spellings of that registry.
+DEFAULT_REGISTRY = "docker.io"
+_DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 _ALPHANUMERIC = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|-+)"
@@ -51,6 +54,19 @@ class ImageReference:
     def pull_tag(self) -> str:
         """The daemon's ``tag`` parameter: the digest if any, else the tag, else ``latest``."""
         return self.digest or self.tag or "latest"
+
+    @property
+    def registry(self) -> str:
+        """The registry a pull goes to, lowercase: ``host[:port]``, or ``docker.io``.
+
+        As the daemon decides: the first path component is a registry host only when it
+        has a ``.`` or a ``:``, is ``localhost``, or has an uppercase letter.
+        """
+        first, slash, _ = self.name.partition("/")
+        is_host = "." in first or ":" in first or first == "localhost" or first != first.lower()
+        if not slash or not is_host or first.lower() in _DOCKER_HUB:
+            return DEFAULT_REGISTRY
+        return first.lower()
 
     @property
     def pinned(self) -> str:

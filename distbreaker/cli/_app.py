@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import importlib.metadata
 import json
 import logging
 import math
@@ -159,7 +160,38 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("distbreaker")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"distbreaker {_version()}", flush=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Inspect, watch and steer circuit breakers shared through Redis."""
+
 
 RedisUrl = Annotated[
     str,
@@ -452,7 +484,7 @@ def dashboard(
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
 ) -> None:
-    """A live web page of every breaker; controls with --token-file (extra [dashboard])."""
+    """A live web page of every breaker; controls with --token-file (the dashboard extra)."""
     try:
         from distbreaker.dashboard import DashboardError, serve
     except ImportError as error:
@@ -612,28 +644,48 @@ def demo(
             "--duration", min=6.0, metavar="SECONDS", max=3600.0, help="Seconds the demo runs."
         ),
     ] = 15.0,
-    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            metavar="URL",
+            envvar=REDIS_URL_ENV,
+            show_envvar=True,
+            help=f"Redis to use; without one, {DEFAULT_REDIS_URL} or else an embedded Redis.",
+        ),
+    ] = None,
     prefix: Prefix = DEFAULT_PREFIX,
 ) -> None:
     """Worker processes share one breaker against a flaky local upstream; ends by itself.
 
-    Without a reachable Redis, an embedded one (fakeredis) is started and stopped.
+    Without --redis-url and nothing answering at the default URL, an embedded Redis
+    (fakeredis) is started and stopped; a given URL that does not answer is an error.
     """
-    from distbreaker.cli._demo import run_demo
+    from distbreaker.cli._demo import DemoError, run_demo
 
-    url, prefix = _url(redis_url), _prefix(prefix)
+    url, prefix = redis_url or None, _prefix(prefix)
     try:
         run_demo(url, Output(), workers=workers, duration=duration, prefix=prefix)
+    except DemoError as error:
+        raise CliError(str(error)) from None
     except ValueError as error:
-        raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
+        raise CliError(f"bad Redis URL {redact_url(_url(url))!r}: {error}", 2) from None
     except ImportError as error:
         raise CliError(
-            f"no Redis at {redact_url(url)} and no embedded one ({error}): "
+            f"no Redis at {redact_url(_url(url))} and no embedded one ({error}): "
             "pip install 'distbreaker[cli]'"
         ) from None
 
 
 # -- entry point --------------------------------------------------------------------------
+
+
+def _usage_line(error: typer.TyperException) -> str:
+    """Click's message and where the help is, on one line (never the usage block)."""
+    message = " ".join(error.format_message().split())
+    context = getattr(error, "ctx", None)
+    path = getattr(context, "command_path", None) or "distbreaker"
+    return f"{message} (see '{path} --help')"
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -644,12 +696,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("distbreaker").addHandler(logging.NullHandler())
     try:
         result = app(args=args, prog_name="distbreaker", standalone_mode=False)
-    except typer.TyperException as error:  # usage errors: click's own message
-        show = getattr(error, "show", None)
-        if callable(show):
-            show()
-        else:
-            error_line(error.format_message())
+    except typer.TyperException as error:  # usage errors: click's message, in one line
+        if error.format_message().strip():  # none when the help was shown for no arguments
+            error_line(_usage_line(error))
         return error.exit_code
     except typer.Abort:
         error_line("aborted")

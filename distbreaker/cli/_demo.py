@@ -4,8 +4,15 @@ The parent starts a :class:`~distbreaker.upstream.FlakyUpstream` on loopback and
 it ok → error → ok on a schedule; every worker process calls it through the same breaker
 (``demo-upstream``), so once a few failures are seen *all* workers stop calling, serve
 their fallback, and probe recovery together. Transitions are printed as the events channel
-announces them. Without a reachable Redis the demo starts an embedded one (fakeredis's TCP
-server, which runs the same Lua scripts) and shuts it down at the end.
+announces them, and every second a line with that second's calls, ok, failed, refused and
+upstream hits. The summary ends with what sharing saved: the failing calls that reached the
+upstream, against an estimate for independent per-process breakers (each worker's calls of
+this run replayed through its own in-process breaker, ``distbreaker.core.BreakerModel``).
+
+Without ``--redis-url`` (and ``$DISTBREAKER_REDIS_URL``), when nothing answers at the
+default URL, the demo starts an embedded Redis (fakeredis's TCP server, which runs the same
+Lua scripts) and shuts it down at the end; a URL the user gave that does not answer is an
+error (``DemoError``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Any, Protocol
 
 from distbreaker.breaker import Breaker
 from distbreaker.config import BreakerConfig
+from distbreaker.core import BreakerModel
+from distbreaker.diagnostics import DEFAULT_REDIS_URL, redact_url
 from distbreaker.events import parse_event
 from distbreaker.store import STORE_ERRORS, connect, events_channel
 from distbreaker.testing.upstream import FlakyUpstream
@@ -102,6 +111,10 @@ class EmbeddedRedis:
             self._thread.join(timeout=5)
 
 
+class DemoError(Exception):
+    """The demo cannot run as asked (the Redis the user named does not answer)."""
+
+
 @dataclass
 class DemoResult:
     calls: int = 0
@@ -114,10 +127,52 @@ class DemoResult:
     embedded: bool = False
     interrupted: bool = False
     per_worker: list[dict[str, int]] = field(default_factory=list)
+    # upstream modes as switched: (seconds from the start, mode); and how long it ran
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    elapsed: float = 0.0
+    independent_failed: int | None = None
 
     @property
     def fallbacks(self) -> int:
         return self.failed + self.refused
+
+
+def mode_at(timeline: Sequence[tuple[float, str]], at: float) -> str:
+    """The upstream's mode ``at`` seconds from the start (``ok`` before the first switch)."""
+    mode = "ok"
+    for switched, switched_to in timeline:
+        if switched > at:
+            break
+        mode = switched_to
+    return mode
+
+
+def independent_failures(
+    calls_per_worker: Sequence[int],
+    timeline: Sequence[tuple[float, str]],
+    elapsed: float,
+    config: BreakerConfig,
+) -> int:
+    """Failing calls that would have reached the upstream had each worker kept its own
+    breaker: each worker's calls, spread evenly over the run, replayed through an
+    in-process ``BreakerModel`` with the same settings against the same upstream modes."""
+    reached = 0
+    for index, calls in enumerate(calls_per_worker):
+        if calls <= 0 or elapsed <= 0:
+            continue
+        model = BreakerModel(f"{BREAKER_NAME}-{index}", config)
+        step = elapsed / calls
+        for k in range(calls):
+            at = (k + 0.5) * step
+            now_ms = int(at * 1000)
+            call_id = f"{index}:{k}"
+            admission = model.admit(now_ms, call_id)
+            if not admission.allowed:
+                continue
+            failed = mode_at(timeline, at) != "ok"
+            reached += failed
+            model.record(now_ms, call_id, admission.generation, "failure" if failed else "success")
+    return reached
 
 
 def redis_problem(url: str) -> str | None:
@@ -133,12 +188,20 @@ def redis_problem(url: str) -> str | None:
 
 
 @contextlib.contextmanager
-def redis_for_demo(url: str, printer: Printer) -> Iterator[tuple[str, bool]]:
-    """``url`` when Redis answers there, else an embedded server's URL, for the block."""
-    problem = redis_problem(url)
+def redis_for_demo(url: str | None, printer: Printer) -> Iterator[tuple[str, bool]]:
+    """``url`` when Redis answers there; with no ``url``, the default URL if Redis answers
+    there, else an embedded server's URL, for the block. A given ``url`` that does not
+    answer raises ``DemoError``."""
+    problem = redis_problem(url or DEFAULT_REDIS_URL)
     if problem is None:
-        yield url, False
+        yield url or DEFAULT_REDIS_URL, False
         return
+    if url is not None:
+        raise DemoError(
+            f"no Redis answers at {redact_url(url)} ({problem}); the embedded Redis is only "
+            "started when no URL is given"
+        )
+    url = DEFAULT_REDIS_URL
     printer.line(f"no Redis at {url} ({problem}); starting an embedded one")
     embedded = EmbeddedRedis().start()
     printer.line(f"embedded Redis (fakeredis, same Lua scripts) on {embedded.url}")
@@ -211,13 +274,25 @@ class _Screen:
             style,
         )
 
-    def progress(self, totals: dict[str, int], hits: int, mode: str) -> None:
-        self.printer.line(
-            f"{self.stamp()}  upstream {mode:<5}  calls {totals['calls']:5d}  ok {totals['ok']:5d}"
-            f"  failed {totals['failed']:3d}  fallbacks {totals['failed'] + totals['refused']:5d}"
-            f"  upstream hits {hits:5d}",
-            "dim",
-        )
+    def progress(self, interval: dict[str, int], mode: str) -> None:
+        """One second's numbers (not running totals)."""
+        self.printer.line(f"{self.stamp()}  upstream {mode:<5}  {interval_text(interval)}", "dim")
+
+
+def interval_text(interval: dict[str, int]) -> str:
+    return (
+        f"calls {interval['calls']:4d}  ok {interval['ok']:4d}  failed {interval['failed']:3d}"
+        f"  refused {interval['refused']:4d}  upstream hits {interval['hits']:4d}"
+    )
+
+
+def interval_counts(
+    now: dict[str, int], hits: int, before: dict[str, int], hits_before: int
+) -> dict[str, int]:
+    """What happened between two readings of the totals (and of the upstream's hits)."""
+    counts = {name: now[name] - before.get(name, 0) for name in _COUNTERS}
+    counts["hits"] = hits - hits_before
+    return counts
 
 
 def _totals(counters: Any, workers: int) -> tuple[dict[str, int], list[dict[str, int]]]:
@@ -232,14 +307,18 @@ def _totals(counters: Any, workers: int) -> tuple[dict[str, int], list[dict[str,
 
 
 def run_demo(
-    redis_url: str,
+    redis_url: str | None,
     printer: Printer,
     *,
     workers: int = 3,
     duration: float = 15.0,
     prefix: str = "distbreaker",
 ) -> DemoResult:
-    """Run the demo for ``duration`` seconds (after the workers are up); print as it goes."""
+    """Run the demo for ``duration`` seconds (after the workers are up); print as it goes.
+
+    ``redis_url=None``: the default URL, else an embedded Redis. ``DemoError`` when a given
+    URL does not answer, ``ValueError`` for a URL that is not a Redis URL.
+    """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     if duration < SHORTEST_DURATION:
@@ -330,6 +409,9 @@ def _run(url: str, printer: Printer, workers: int, duration: float, prefix: str)
             result.calls, result.ok = totals["calls"], totals["ok"]
             result.failed, result.refused = totals["failed"], totals["refused"]
             result.upstream_hits = upstream.requests
+            result.independent_failed = independent_failures(
+                [w["calls"] for w in result.per_worker], result.timeline, result.elapsed, config
+            )
             with contextlib.suppress(*STORE_ERRORS):
                 _drain(pubsub, None, result)
                 result.final_state = breaker.status().state
@@ -354,15 +436,22 @@ def _play(
     screen = _Screen(printer, started)
     pending = schedule(duration)
     next_progress = 1.0
-    while (elapsed := time.monotonic() - started) < duration:
-        while pending and pending[0].at <= elapsed:
-            phase = pending.pop(0)
-            upstream.mode = phase.mode
-            screen.phase(phase)
-        _drain(pubsub, screen, result, wait=0.1)
-        if elapsed >= next_progress:
-            next_progress += 1.0
-            screen.progress(pool.totals()[0], upstream.requests, upstream.mode)
+    before, hits_before = pool.totals()[0], upstream.requests
+    try:
+        while (elapsed := time.monotonic() - started) < duration:
+            while pending and pending[0].at <= elapsed:
+                phase = pending.pop(0)
+                upstream.mode = phase.mode
+                result.timeline.append((time.monotonic() - started, phase.mode))
+                screen.phase(phase)
+            _drain(pubsub, screen, result, wait=0.1)
+            if elapsed >= next_progress:
+                next_progress += 1.0
+                now, hits = pool.totals()[0], upstream.requests
+                screen.progress(interval_counts(now, hits, before, hits_before), upstream.mode)
+                before, hits_before = now, hits
+    finally:
+        result.elapsed = time.monotonic() - started
 
 
 def _drain(pubsub: Any, screen: _Screen | None, result: DemoResult, wait: float = 0.0) -> None:
@@ -411,6 +500,16 @@ def _summary(printer: Printer, result: DemoResult) -> None:
         f"upstream hits: {result.upstream_hits} of {result.calls} calls; "
         f"{result.refused} calls were answered by the fallback without touching the upstream"
     )
+    if result.independent_failed is not None:
+        saved = result.independent_failed - result.failed
+        more = f": {saved} more failing calls on the upstream" if saved > 0 else ""
+        printer.line(
+            f"saved by sharing: {result.failed} failing calls reached the upstream through the "
+            f"shared breaker; independent per-process breakers would have let about "
+            f"{result.independent_failed} through{more} (estimate: each worker's calls of this "
+            "run replayed through its own breaker)",
+            "bold",
+        )
     ending = "is" if result.interrupted else "ends"
     printer.line(f"breaker {BREAKER_NAME!r} {ending} {result.final_state}")
     if result.interrupted:

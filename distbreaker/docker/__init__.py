@@ -1,4 +1,4 @@
-"""Docker images through the shared ``docker-registry`` breaker: pull, else use the local copy.
+"""Docker images through one shared breaker per registry: pull, else use the local copy.
 
 ``DockerImages.pull_image_with_fallback(image)`` validates the reference (no I/O before),
 pulls it through the breaker with retries, and when the registry cannot deliver it (outage,
@@ -33,6 +33,7 @@ from distbreaker.docker._images import (
     DockerImages,
     PulledImage,
     create_registry_operation,
+    registry_breaker_name,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "PulledImage",
     "classify_pull_error",
     "create_registry_operation",
+    "registry_breaker_name",
 ]

@@ -1,8 +1,9 @@
-"""``DockerImages``: pull through the shared breaker, else serve the daemon's local copy."""
+"""``DockerImages``: pull through the registry's shared breaker, else serve the local copy."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import docker
 import docker.errors
 import requests
 
-from distbreaker.config import BreakerConfig
+from distbreaker.config import BreakerConfig, host_breaker_name
 from distbreaker.docker._classify import (
     PullError,
     PullTimeoutError,
@@ -23,7 +24,8 @@ from distbreaker.docker._classify import (
 from distbreaker.docker._pull import PullReader, stream_error
 from distbreaker.errors import CircuitOpenError, ImageUnavailableError
 from distbreaker.operation import NetworkOperation, create_network_operation
-from distbreaker.references import ImageReference, parse_reference
+from distbreaker.references import DEFAULT_REGISTRY, ImageReference, parse_reference
+from distbreaker.retry import RetryBudget
 
 logger = logging.getLogger("distbreaker.docker")
 
@@ -51,40 +53,99 @@ class PulledImage:
     id: str
 
 
+def registry_breaker_name(registry: str = DEFAULT_REGISTRY) -> str:
+    """The default breaker of one registry: ``docker-registry`` for Docker Hub
+    (``docker.io``), else ``docker-registry:host[:port]`` (``docker-registry:ghcr.io``,
+    ``docker-registry:127.0.0.1:5000``), so one registry's outage leaves the others alone."""
+    registry = registry.lower()
+    if registry in (DEFAULT_REGISTRY, "index.docker.io", "registry-1.docker.io"):
+        return BREAKER_NAME
+    host, port = _split_port(registry)
+    return host_breaker_name(BREAKER_NAME, host, port)
+
+
+def _split_port(registry: str) -> tuple[str, int | None]:
+    """``host[:port]`` (IPv6 hosts in brackets) into the host and the port, if any."""
+    host, colon, port = registry.rpartition(":")
+    if colon and port.isdigit() and (not host.startswith("[") or host.endswith("]")):
+        return host, int(port)
+    return registry, None
+
+
 def create_registry_operation(
     redis: Any,
+    registry: str = DEFAULT_REGISTRY,
     *,
+    circuit_threshold: int | None = None,
+    circuit_reset_timeout: float | None = None,
+    max_retries: int = 5,
+    base_delay: float = 1.0,
+    max_delay: float = 30.0,
+    multiplier: float = 2.0,
+    jitter: float = 0.1,
+    deadline: float | None = None,
+    full_jitter: bool = False,
     config: BreakerConfig | None = None,
+    name: str | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    retry_budget: RetryBudget | None = None,
 ) -> NetworkOperation:
-    """The shared ``docker-registry`` operation: threshold 3, reset 180 s, 5 attempts, 1 s base.
+    """The shared operation of one registry, judged by ``classify_pull_error``.
 
-    ``config`` supplies the other breaker settings (e.g. another ``key_prefix``); ``clock``
-    and ``sleep`` are for tests.
+    Defaults: threshold 3, reset 180 s, 5 attempts, 1 s base delay. ``circuit_threshold``
+    and ``circuit_reset_timeout`` win over ``config``; without them, the ``failure_threshold``
+    and ``reset_timeout`` that ``config`` sets are kept, and ``config`` supplies every other
+    breaker setting (``key_prefix``, ``window``, ...). The breaker is
+    ``registry_breaker_name(registry)`` unless ``name`` is given. ``clock`` and ``sleep``
+    are for tests.
     """
+    given = config or BreakerConfig()
+    chosen = given.model_fields_set
+    if circuit_threshold is None:
+        circuit_threshold = given.failure_threshold if "failure_threshold" in chosen else 3
+    if circuit_reset_timeout is None:
+        circuit_reset_timeout = given.reset_timeout if "reset_timeout" in chosen else 180
     return create_network_operation(
-        BREAKER_NAME,
+        registry_breaker_name(registry) if name is None else name,
         redis,
-        circuit_threshold=3,
-        circuit_reset_timeout=180,
-        max_retries=5,
-        base_delay=1.0,
+        circuit_threshold=circuit_threshold,
+        circuit_reset_timeout=circuit_reset_timeout,
+        max_retries=max_retries,
+        base_delay=base_delay,
+        max_delay=max_delay,
+        multiplier=multiplier,
+        jitter=jitter,
+        deadline=deadline,
+        full_jitter=full_jitter,
         config=config,
         clock=clock,
         sleep=sleep,
         classifier=classify_pull_error,
+        retry_budget=retry_budget,
     )
 
 
 class DockerImages:
-    """Pull images through the shared breaker, falling back to the daemon's local copies.
+    """Pull images through shared breakers, falling back to the daemon's local copies.
 
     ``client`` is a ``docker.DockerClient``; without one, ``docker.from_env()`` is called on
-    first use, so a stopped daemon is an outage at call time. With ``redis`` and no
-    ``operation``, pulls go through the fleet-wide ``docker-registry`` breaker
-    (``create_registry_operation``). With neither, there is nothing to share: each call
-    makes one pull attempt, without retries, and falls back to the local copy.
+    first use, so a stopped daemon is an outage at call time. Which breaker a pull goes
+    through:
+
+    - ``redis`` alone: one fleet-wide breaker per registry host, built on first use by
+      ``create_registry_operation(redis, registry)`` (``docker-registry`` for Docker Hub,
+      ``docker-registry:ghcr.io`` ...), so one registry's outage never stops pulls from
+      another;
+    - ``registry_operation``: your own per-registry operations, ``registry -> operation``
+      (e.g. ``lambda registry: create_registry_operation(redis, registry, max_retries=2)``);
+    - ``operation``: one operation for every registry (its breaker name is yours);
+    - none of them: nothing to share, one pull attempt per call without retries.
+
+    Whatever the operation, pulls are judged by ``classify_pull_error`` (a timed-out pull is
+    not retried, ``toomanyrequests`` holds the breaker open for ``RATE_LIMIT_COOL_OFF``, an
+    error inside the progress stream counts as the daemon reports it): an operation built
+    with another classifier is used through ``judged_by(classify_pull_error)``, same breaker.
     """
 
     def __init__(
@@ -93,14 +154,22 @@ class DockerImages:
         *,
         redis: Any = None,
         operation: NetworkOperation | None = None,
+        registry_operation: Callable[[str], NetworkOperation] | None = None,
         pull_timeout: float = 300.0,
     ) -> None:
         if not pull_timeout > 0:
             raise ValueError("pull_timeout must be a positive number of seconds")
+        if operation is not None and registry_operation is not None:
+            raise ValueError("give operation (one for every registry) or registry_operation")
+        if operation is not None and not isinstance(operation, NetworkOperation):
+            raise TypeError("operation must be a NetworkOperation (DockerImages is synchronous)")
         self.pull_timeout = float(pull_timeout)
-        if operation is None and redis is not None:
-            operation = create_registry_operation(redis)
         self.operation = operation
+        if registry_operation is None and operation is None and redis is not None:
+            registry_operation = functools.partial(create_registry_operation, redis)
+        self._registry_operation = registry_operation
+        self._operations: dict[str, NetworkOperation] = {}
+        self._operations_lock = threading.Lock()
         self._client = client
         self._owns_client = client is None
         self._client_lock = threading.Lock()
@@ -108,6 +177,26 @@ class DockerImages:
         # reach too, so refused calls do not knock on its socket again.
         self._daemon_unreachable = False
         self._warned: set[str] = set()
+
+    def operation_for(self, image: str) -> NetworkOperation | None:
+        """The operation pulls of ``image`` go through (built on first use), or ``None``
+        when nothing is shared. ``ValueError`` for a bad reference."""
+        return self._operation_of(parse_reference(image).registry)
+
+    def _operation_of(self, registry: str) -> NetworkOperation | None:
+        key = "" if self.operation is not None else registry
+        if self.operation is None and self._registry_operation is None:
+            return None
+        with self._operations_lock:
+            found = self._operations.get(key)
+            if found is None:
+                given = self.operation
+                if given is None:
+                    assert self._registry_operation is not None
+                    given = self._registry_operation(registry)
+                found = given.judged_by(classify_pull_error)
+                self._operations[key] = found
+            return found
 
     def pull_image_with_fallback(self, image: str) -> PulledImage:
         """Pull ``image`` from its registry; if that fails, use the local copy.
@@ -161,9 +250,10 @@ class DockerImages:
                 failed_attempts.append(error)
                 raise
 
-        if self.operation is None:
+        operation = self._operation_of(reference.registry)
+        if operation is None:
             return attempt()
-        return self.operation.execute(attempt)
+        return operation.execute(attempt)
 
     def _pull(self, reference: ImageReference) -> PulledImage:
         """One pull attempt: stream the progress, fail on an error event, then inspect."""

@@ -1,4 +1,7 @@
-"""GitHub through the shared ``github`` breaker: repository access checks and App tokens.
+"""GitHub through a shared breaker per API host: repository access checks and App tokens.
+
+The breaker is ``github`` for api.github.com and ``github:host[:port]`` for any other
+``base_url`` (``github_breaker_name``): an outage of one GitHub never refuses another.
 
 ``GitHubClient`` and ``AsyncGitHubClient`` are twins over httpx: every decision (parsing
 repository URLs, building requests, reading answers, the token cache) is shared code, and
@@ -15,7 +18,15 @@ Parts: ``_repositories`` (URL parsing), ``_tokens`` (AppToken, JWT, the 0600 tok
 redaction), ``_answers`` (what GitHub's answers mean), ``_client`` (the twins).
 """
 
-from distbreaker.errors import TokenUnavailableError
+from distbreaker.errors import TokenUnavailableError, missing_extra
+
+try:
+    import cryptography as _cryptography  # noqa: F401
+    import httpx as _httpx  # noqa: F401
+    import jwt as _jwt  # noqa: F401
+except ImportError as error:
+    raise missing_extra("github", "distbreaker.github") from error
+
 from distbreaker.github._answers import (
     UNAVAILABLE,
     AccessMode,
@@ -32,6 +43,7 @@ from distbreaker.github._client import (
     Operation,
     create_async_github_operation,
     create_github_operation,
+    github_breaker_name,
 )
 from distbreaker.github._repositories import Repository, parse_repository
 from distbreaker.github._tokens import AppToken, TokenCache, app_jwt, redact
@@ -55,6 +67,7 @@ __all__ = [
     "app_jwt",
     "create_async_github_operation",
     "create_github_operation",
+    "github_breaker_name",
     "parse_repository",
     "redact",
 ]

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self, TypeVar
 import httpx
 
 from distbreaker.classify import classify
-from distbreaker.config import BreakerConfig
+from distbreaker.config import BreakerConfig, host_breaker_name
 from distbreaker.errors import CircuitOpenError, TokenUnavailableError
 from distbreaker.github._answers import (
     AccessMode,
@@ -55,6 +55,8 @@ def _version() -> str:
 
 
 BREAKER_NAME = "github"
+DEFAULT_BASE_URL = "https://api.github.com"
+DEFAULT_API_HOST = "api.github.com"
 API_VERSION = "2022-11-28"
 USER_AGENT = f"distbreaker/{_version()}"
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -86,20 +88,33 @@ class AsyncOperation(Protocol):
     async def status(self) -> BreakerStatus: ...
 
 
+def github_breaker_name(base_url: str = DEFAULT_BASE_URL) -> str:
+    """The default breaker of one GitHub API: ``github`` for api.github.com, else
+    ``github:host[:port]`` (``github:ghe.example.com``, ``github:127.0.0.1:8080``), so an
+    outage of one GitHub never refuses calls to another. ``ValueError`` for a bad URL."""
+    url = httpx.URL(_check_base_url(base_url))
+    host = url.raw_host.decode("ascii")
+    if host.lower() == DEFAULT_API_HOST and url.port is None:
+        return BREAKER_NAME
+    return host_breaker_name(BREAKER_NAME, host, url.port)
+
+
 def create_github_operation(
     redis: Any,
     *,
+    base_url: str = DEFAULT_BASE_URL,
     config: BreakerConfig | None = None,
     clock: Clock | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> NetworkOperation:
-    """The fleet-wide ``github`` operation: threshold 5, reset 120 s, 3 attempts, 2 s base.
+    """The fleet-wide operation of one GitHub API (``github_breaker_name(base_url)``):
+    threshold 5, reset 120 s, 3 attempts, 2 s base.
 
     ``config`` replaces the breaker settings (e.g. another ``key_prefix``); ``clock`` and
     ``sleep`` are for tests.
     """
     return create_network_operation(
-        BREAKER_NAME,
+        github_breaker_name(base_url),
         redis,
         circuit_threshold=5,
         circuit_reset_timeout=120,
@@ -114,13 +129,14 @@ def create_github_operation(
 def create_async_github_operation(
     redis: Any,
     *,
+    base_url: str = DEFAULT_BASE_URL,
     config: BreakerConfig | None = None,
     clock: Clock | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> AsyncNetworkOperation:
     """The ``asyncio`` twin of ``create_github_operation`` over a ``redis.asyncio`` client."""
     return create_async_network_operation(
-        BREAKER_NAME,
+        github_breaker_name(base_url),
         redis,
         circuit_threshold=5,
         circuit_reset_timeout=120,
@@ -350,11 +366,12 @@ def _new_http(http_client: type[httpx.Client] | type[httpx.AsyncClient]) -> Any:
 
 
 class GitHubClient(_GitHubBase):
-    """GitHub's REST API through the shared ``github`` breaker.
+    """GitHub's REST API through the shared breaker of its API host.
 
     Authenticates with ``token`` (a personal or installation token) or as a GitHub App
     (``app_id`` + ``private_key``). With ``redis`` and no ``operation``, calls go through
-    the fleet-wide ``github`` breaker (``create_github_operation``); with neither there is
+    the fleet-wide breaker of ``base_url``'s host (``github`` for api.github.com, else
+    ``github:host[:port]``: ``create_github_operation``); with neither there is
     nothing to share, so each request is one attempt without retries, and outages still
     give the degraded answers. ``http`` is an ``httpx.Client`` to use (not closed here).
     ``clock`` (epoch seconds) is for tests.
@@ -368,7 +385,7 @@ class GitHubClient(_GitHubBase):
         private_key: Any = None,
         redis: Any = None,
         operation: Operation | None = None,
-        base_url: str = "https://api.github.com",
+        base_url: str = DEFAULT_BASE_URL,
         token_cache_path: str | os.PathLike[str] | None = DEFAULT_TOKEN_CACHE_PATH,
         http: httpx.Client | None = None,
         web_host: str = "github.com",
@@ -376,7 +393,7 @@ class GitHubClient(_GitHubBase):
     ) -> None:
         super().__init__(token, app_id, private_key, base_url, token_cache_path, web_host, clock)
         if operation is None and redis is not None:
-            operation = create_github_operation(redis)
+            operation = create_github_operation(redis, base_url=self.base_url)
         self.operation = operation
         self._owns_http = http is None
         self._http: httpx.Client = http if http is not None else _new_http(httpx.Client)
@@ -492,7 +509,7 @@ class AsyncGitHubClient(_GitHubBase):
         private_key: Any = None,
         redis: Any = None,
         operation: AsyncOperation | None = None,
-        base_url: str = "https://api.github.com",
+        base_url: str = DEFAULT_BASE_URL,
         token_cache_path: str | os.PathLike[str] | None = DEFAULT_TOKEN_CACHE_PATH,
         http: httpx.AsyncClient | None = None,
         web_host: str = "github.com",
@@ -500,7 +517,7 @@ class AsyncGitHubClient(_GitHubBase):
     ) -> None:
         super().__init__(token, app_id, private_key, base_url, token_cache_path, web_host, clock)
         if operation is None and redis is not None:
-            operation = create_async_github_operation(redis)
+            operation = create_async_github_operation(redis, base_url=self.base_url)
         self.operation = operation
         self._owns_http = http is None
         self._http: httpx.AsyncClient = http if http is not None else _new_http(httpx.AsyncClient)

@@ -295,11 +295,39 @@ def test_demo_shows_the_breaker_trip_and_recover(redis_url: str) -> None:
         assert f"breaker {transition}" in out, out
     assert "breaker 'demo-upstream' ends closed" in out
     assert "Traceback" not in result.stderr
+    seconds = [line for line in out.splitlines() if "upstream hits" in line and "refused" in line]
+    assert len(seconds) >= 5, out
+    refused = [int(line.split("refused")[1].split()[0]) for line in seconds]
+    assert max(refused) > 0  # per-second numbers: refusals while the breaker is open
+    assert refused[-1] == 0  # and none once it closed again (not a running total)
+    saved = next(line for line in out.splitlines() if line.startswith("saved by sharing: "))
+    shared = int(saved.split("saved by sharing: ")[1].split()[0])
+    independent = int(saved.split("would have let about ")[1].split()[0])
+    assert 3 <= shared < independent, saved
+
+
+def test_demo_with_a_given_url_that_does_not_answer_is_an_error() -> None:
+    result = distbreaker("demo", "--workers", "1", "--duration", "6", url=NOWHERE_REDIS)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "distbreaker: error: no Redis answers at redis://127.0.0.1:1/0 (ConnectionError); "
+        "the embedded Redis is only started when no URL is given"
+    ]
 
 
 @pytest.mark.slow
-def test_demo_without_redis_uses_an_embedded_one() -> None:
-    result = distbreaker("demo", "--workers", "2", "--duration", "8", url=NOWHERE_REDIS, timeout=60)
+def test_demo_without_a_url_uses_an_embedded_redis_when_the_default_is_silent() -> None:
+    default = connect("redis://localhost:6379/0", timeout=0.5)
+    try:
+        default.ping()
+    except Exception:
+        pass
+    else:
+        pytest.skip("a Redis answers at the default URL, so the demo would use it")
+    finally:
+        default.close()
+    result = distbreaker("demo", "--workers", "2", "--duration", "8", timeout=60)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "starting an embedded one" in out

@@ -569,18 +569,22 @@ def test_without_redis_one_attempt_then_the_local_copy() -> None:
     assert len(fake.api.pulls) == 3
 
 
-def test_with_redis_the_shared_breaker_is_docker_registry(redis: fakeredis.FakeRedis) -> None:
+def test_with_redis_the_shared_breaker_of_docker_hub_is_docker_registry(
+    redis: fakeredis.FakeRedis,
+) -> None:
     images = DockerImages(FakeDocker(), redis=redis)
-    assert images.operation is not None
-    status = images.operation.status()
-    assert status.name == "docker-registry"
-    assert images.operation is not None
-    breaker = images.operation.breaker
+    assert images.operation is None
+    operation = images.operation_for("redis:7")
+    assert operation is not None
+    assert operation.status().name == "docker-registry"
+    breaker = operation.breaker
     assert breaker.config.failure_threshold == 3
     assert breaker.config.reset_timeout == 180
-    retry = images.operation.retry
+    retry = operation.retry
     assert retry.max_attempts == 5
     assert retry.base_delay == 1.0
+    for same in ("library/redis:7", "docker.io/library/redis", "index.docker.io/acme/app"):
+        assert images.operation_for(same) is operation
 
 
 def test_ensure_base_image_uses_a_present_image_without_the_registry(

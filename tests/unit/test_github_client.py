@@ -428,14 +428,20 @@ def test_without_redis_or_operation_rate_limits_are_degraded(twin: Twin, api: Fa
     assert twin.access().reason == "GitHub API rate limit exceeded; retry in 5s"
 
 
-def test_with_redis_the_client_builds_the_github_breaker(twin: Twin) -> None:
+@pytest.mark.parametrize(
+    ("base_url", "name"),
+    [("https://api.github.com", "github"), (API, "github:api.example.test")],
+)
+def test_with_redis_the_client_builds_the_breaker_of_its_api_host(
+    twin: Twin, base_url: str, name: str
+) -> None:
     if twin.flavor == "sync":
         redis: Any = fakeredis.FakeRedis(server=twin.server)
     else:
         redis = fakeredis.FakeAsyncRedis(server=twin.server)
-    twin.build(shared=False, token=USER_TOKEN, redis=redis)
+    twin.build(shared=False, token=USER_TOKEN, redis=redis, base_url=base_url)
     operation = twin.client.operation
-    assert operation.breaker.name == "github"
+    assert operation.breaker.name == name
     assert operation.breaker.config.failure_threshold == 5
     assert operation.breaker.config.reset_timeout == 120
     assert operation.retry.max_attempts == 3
