@@ -209,14 +209,34 @@ class Counts:
         self._buckets: dict[int, list[int]] = {}
         self.would_refuse = 0
         self.sequence = 0
+        # The hot path counts the current second's calls with list.append, which is atomic
+        # under the GIL (a counter += 1 is not): no lock per healthy call.
+        self._second = -1
+        self._calls: list[None] = []
+        self._retired: list[tuple[int, list[None]]] = []
 
     def add_call(self, now: float) -> None:
+        if int(now) == self._second:
+            self._calls.append(None)
+        else:
+            self._roll(int(now))
+
+    def _roll(self, second: int) -> None:
         with self._lock:
-            bucket = self._buckets.get(int(now))
-            if bucket is None:
-                self._buckets[int(now)] = [1, 0]
-            else:
-                bucket[0] += 1
+            if second != self._second:
+                # the old counter is read only when a batch is taken, a report interval
+                # later, so a thread that was just incrementing it is not lost
+                self._retired.append((self._second, self._calls))
+                self._second, self._calls = second, []
+            self._calls.append(None)
+
+    def _collect(self) -> None:
+        """Fold the retired per-second counters into the buckets (under the lock)."""
+        for second, counter in self._retired:
+            calls = len(counter)
+            if calls:
+                self._buckets.setdefault(second, [0, 0])[0] += calls
+        self._retired = []
 
     def add_retry(self, now: float) -> None:
         with self._lock:
@@ -227,7 +247,7 @@ class Counts:
             self.would_refuse += 1
 
     def pending(self) -> bool:
-        return bool(self._buckets) or self.would_refuse > 0
+        return bool(self._buckets or self._retired or self._calls) or self.would_refuse > 0
 
     def take(self, now: float, with_refusals: bool = True) -> tuple[str, int, int]:
         """The batch (counts, sequence number, would-refuse count); empties this copy.
@@ -236,6 +256,9 @@ class Counts:
         script, which carries counts along, has no place for it).
         """
         with self._lock:
+            self._retired.append((self._second, self._calls))
+            self._calls = []
+            self._collect()
             buckets, self._buckets = self._buckets, {}
             refused = self.would_refuse if with_refusals else 0
             self.would_refuse -= refused

@@ -116,6 +116,7 @@ class CallProtocol:
         self._classifier = classifier
         self._cached = config.consistency == "cached"
         self._enforce = config.enforce
+        self._slow = config.slow_call_threshold
         self._quorum = config.min_reporters > 1
         # Batched reports: the rate rule needs the fleet's calls, a dry run its refusals, a
         # quorum the word of reporters open on their own.
@@ -259,7 +260,7 @@ class CallProtocol:
 
     def after_success(self, ticket: Ticket, duration: float, ended: float) -> Outcome | None:
         """The outcome to record for a call that returned (``None``: nothing to record)."""
-        slow = self.config.slow_call_threshold
+        slow = self._slow
         failed = slow is not None and duration > slow
         if ticket.local_probe:
             self._local_probe_done(not failed, ended)
