@@ -52,7 +52,7 @@ def run_fleet(
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == 0
-    events = drain_events(pubsub)
+    events = drain_events(admin, pubsub, f"{prefix}:events")
     pubsub.close()
     return results, events
 
