@@ -9,6 +9,7 @@ from distbreaker.errors import (
     CircuitOpenError,
     DistbreakerError,
     ImageUnavailableError,
+    PermissionDeniedError,
     StoreUnavailableError,
     TokenUnavailableError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "DistbreakerError",
     "ImageUnavailableError",
     "NetworkOperation",
+    "PermissionDeniedError",
     "RetryBudget",
     "RetryPolicy",
     "StoreUnavailableError",

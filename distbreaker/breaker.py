@@ -17,7 +17,7 @@ from distbreaker import upkeep
 from distbreaker.classify import Classifier, Verdict, classify
 from distbreaker.config import BreakerConfig, validate_name
 from distbreaker.core import Command, HistoryEntry, Outcome
-from distbreaker.errors import CircuitOpenError, StoreUnavailableError
+from distbreaker.errors import CircuitOpenError, PermissionDeniedError, StoreUnavailableError
 from distbreaker.events import subscribe, subscribe_async
 from distbreaker.process import Clock
 from distbreaker.protocol import Ask, CallProtocol, Ticket, Upkeep
@@ -196,6 +196,8 @@ class Breaker(_Shell):
             return decided
         try:
             admission = self._store.admit(protocol.clock.server_ms(), decided.call_id)
+        except PermissionDeniedError as error:  # also an OSError: before STORE_ERRORS
+            return protocol.admit_denied(error)
         except STORE_ERRORS as error:
             upkeep.wake()
             return protocol.admit_failed(error)
@@ -237,6 +239,9 @@ class Breaker(_Shell):
             change = self._store.record(
                 protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
             )
+        except PermissionDeniedError as error:
+            protocol.record_denied(error, ticket, call_id, outcome, batch)
+            return
         except STORE_ERRORS as error:
             protocol.record_failed(error, ticket, call_id, outcome, batch)
             upkeep.wake()
@@ -252,6 +257,8 @@ class Breaker(_Shell):
             return protocol.status_failed(None)
         try:
             snapshot = self._store.snapshot(protocol.clock.server_ms())
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             upkeep.wake()
             return protocol.status_failed(error)
@@ -264,6 +271,8 @@ class Breaker(_Shell):
         self._process()
         try:
             entries = self._store.history(limit)
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
         return _since(entries, since_ms)
@@ -286,7 +295,8 @@ class Breaker(_Shell):
 
         Without ``actor`` and for at most an hour this is a worker's own pause (an upstream
         said when to come back), which a worker's Redis user may ask for; otherwise it is
-        an operator command (``control.lua``), recorded with its actor.
+        an operator command (``control.lua``), recorded with its actor. A hold Redis refuses
+        (``PermissionDeniedError``) still holds this process's own calls.
         """
         hold_ms = CallProtocol.hold_ms(seconds)
         if CallProtocol.is_worker_hold(hold_ms, actor):
@@ -295,13 +305,18 @@ class Breaker(_Shell):
             self._control("hold_open", hold_ms, reason, actor)
 
     def _hold(self, seconds: float, reason: str) -> None:
-        self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
+        """A rate limit's hold on the call path: a refusal is logged once, never raised."""
+        with contextlib.suppress(PermissionDeniedError):
+            self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
 
     def _worker_hold(self, hold_ms: int, reason: str) -> None:
         protocol = self._process()
         reason = printable(reason, 200)
         try:
             change = self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
+        except PermissionDeniedError as error:
+            protocol.hold_denied(error, hold_ms, reason)  # this process holds alone
+            raise
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)  # the local shadow holds instead
             upkeep.wake()
@@ -315,6 +330,8 @@ class Breaker(_Shell):
             change = self._store.control(
                 protocol.clock.server_ms(), command, hold_ms, reason, actor_text
             )
+        except PermissionDeniedError:
+            raise  # Redis answered: nothing to apply locally
         except STORE_ERRORS as error:
             raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
         protocol.recorded(change)
@@ -331,6 +348,8 @@ class Breaker(_Shell):
                 protocol.pinged()
                 return plan.wake_in
             self._send(protocol, plan)
+        except PermissionDeniedError as error:
+            protocol.upkeep_denied(error, plan)
         except STORE_ERRORS as error:
             protocol.upkeep_failed(error, plan)
         return plan.wake_in
@@ -438,6 +457,8 @@ class AsyncBreaker(_Shell):
             return decided
         try:
             admission = await self._store.admit(protocol.clock.server_ms(), decided.call_id)
+        except PermissionDeniedError as error:  # also an OSError: before STORE_ERRORS
+            return protocol.admit_denied(error)
         except STORE_ERRORS as error:
             upkeep.wake_async()
             return protocol.admit_failed(error)
@@ -478,6 +499,9 @@ class AsyncBreaker(_Shell):
             change = await self._store.record(
                 protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
             )
+        except PermissionDeniedError as error:
+            protocol.record_denied(error, ticket, call_id, outcome, batch)
+            return
         except STORE_ERRORS as error:
             protocol.record_failed(error, ticket, call_id, outcome, batch)
             upkeep.wake_async()
@@ -491,6 +515,8 @@ class AsyncBreaker(_Shell):
             return protocol.status_failed(None)
         try:
             snapshot = await self._store.snapshot(protocol.clock.server_ms())
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             upkeep.wake_async()
             return protocol.status_failed(error)
@@ -502,6 +528,8 @@ class AsyncBreaker(_Shell):
         self._process()
         try:
             entries = await self._store.history(limit)
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
         return _since(entries, since_ms)
@@ -529,13 +557,17 @@ class AsyncBreaker(_Shell):
             await self._control("hold_open", hold_ms, reason, actor)
 
     async def _hold(self, seconds: float, reason: str) -> None:
-        await self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
+        with contextlib.suppress(PermissionDeniedError):
+            await self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
 
     async def _worker_hold(self, hold_ms: int, reason: str) -> None:
         protocol = self._process()
         reason = printable(reason, 200)
         try:
             change = await self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
+        except PermissionDeniedError as error:
+            protocol.hold_denied(error, hold_ms, reason)  # this process holds alone
+            raise
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)
             upkeep.wake_async()
@@ -551,6 +583,8 @@ class AsyncBreaker(_Shell):
             change = await self._store.control(
                 protocol.clock.server_ms(), command, hold_ms, reason, actor_text
             )
+        except PermissionDeniedError:
+            raise  # Redis answered: nothing to apply locally
         except STORE_ERRORS as error:
             raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
         protocol.recorded(change)
@@ -565,6 +599,8 @@ class AsyncBreaker(_Shell):
                 protocol.pinged()
                 return plan.wake_in
             await self._send(protocol, plan)
+        except PermissionDeniedError as error:
+            protocol.upkeep_denied(error, plan)
         except STORE_ERRORS as error:
             protocol.upkeep_failed(error, plan)
         return plan.wake_in
