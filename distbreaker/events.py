@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from distbreaker.config import validate_name
 from distbreaker.core import STATES, Event
+from distbreaker.store import is_denied
 
 logger = logging.getLogger("distbreaker")
 
@@ -128,6 +129,21 @@ def _safely(listener: Listener, method: str, *args: object) -> None:
         logger.exception("distbreaker events listener %r failed in %s", listener, method)
 
 
+def _warn_if_denied(error: BaseException, channel: str, warned: bool) -> bool:
+    """One warning when Redis refuses the subscription (an ACL without ``&channel``);
+    True once warned. Other errors are ordinary reconnects, logged at debug level."""
+    if warned or not is_denied(error):
+        return warned
+    logger.warning(
+        "events subscriber: Redis refused SUBSCRIBE %s (%s); this Redis user needs the "
+        "channel permission &%s; caches rely on cache_ttl meanwhile",
+        channel,
+        error,
+        channel,
+    )
+    return True
+
+
 class _Reconnect:
     """Back-off between reconnection attempts: 0.1 s doubling to 5 s."""
 
@@ -151,6 +167,7 @@ class Subscriber:
         self.listeners = _Listeners()
         self.connected = threading.Event()
         self._stop = threading.Event()
+        self._warned = False
         self._thread = threading.Thread(
             target=self._run, name=f"distbreaker-events:{channel}", daemon=True
         )
@@ -186,6 +203,7 @@ class Subscriber:
         was_connected = self.connected.is_set()
         self.connected.clear()
         logger.debug("events subscriber on %s lost: %s", self.channel, error)
+        self._warned = _warn_if_denied(error, self.channel, self._warned)
         if was_connected:
             self.listeners.disconnected(error)
 
@@ -203,6 +221,7 @@ class AsyncSubscriber:
         self.channel = channel
         self.listeners = _Listeners()
         self.connected = asyncio.Event()
+        self._warned = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -238,6 +257,7 @@ class AsyncSubscriber:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 logger.debug("events subscriber on %s lost: %s", self.channel, error)
+                self._warned = _warn_if_denied(error, self.channel, self._warned)
                 if was_connected:
                     self.listeners.disconnected(error)
                 await asyncio.sleep(backoff.next())

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from distbreaker.breaker import Breaker
 from distbreaker.config import BreakerConfig
+from distbreaker.diagnostics import redact_url
 from distbreaker.events import parse_event
 from distbreaker.store import STORE_ERRORS, connect, events_channel
 from distbreaker.testing.upstream import FlakyUpstream
@@ -139,7 +140,7 @@ def redis_for_demo(url: str, printer: Printer) -> Iterator[tuple[str, bool]]:
     if problem is None:
         yield url, False
         return
-    printer.line(f"no Redis at {url} ({problem}); starting an embedded one")
+    printer.line(f"no Redis at {redact_url(url)} ({problem}); starting an embedded one")
     embedded = EmbeddedRedis().start()
     printer.line(f"embedded Redis (fakeredis, same Lua scripts) on {embedded.url}")
     try:
