@@ -182,14 +182,18 @@ class Subscriber:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                # subscribe confirmations are read: only they say the subscription is live
+                # (a refused SUBSCRIBE comes back as an error instead)
+                pubsub = self.client.pubsub()
                 pubsub.subscribe(self.channel)
-                self.connected.set()
-                self.listeners.reconnected()
-                backoff.reset()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
-                    if message and message.get("type") == "message":
+                    kind = message.get("type") if message else None
+                    if kind == "subscribe" and not self.connected.is_set():
+                        self.connected.set()
+                        self.listeners.reconnected()
+                        backoff.reset()
+                    elif kind == "message":
                         self._deliver(message["data"])
             except Exception as error:  # any failure: drop the connection, retry later
                 self._lost(error)
@@ -237,17 +241,19 @@ class AsyncSubscriber:
                 raise asyncio.CancelledError  # a client swallowed it: end anyway
             pubsub = None
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self.client.pubsub()  # confirmations read, as in Subscriber
                 await pubsub.subscribe(self.channel)
-                self.connected.set()
-                self.listeners.reconnected()
-                backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if task is not None and task.cancelling():
                         # some clients (the asyncio cluster pub/sub) swallow cancellation
                         raise asyncio.CancelledError
-                    if message and message.get("type") == "message":
+                    kind = message.get("type") if message else None
+                    if kind == "subscribe" and not self.connected.is_set():
+                        self.connected.set()
+                        self.listeners.reconnected()
+                        backoff.reset()
+                    elif kind == "message":
                         event = parse_event(message["data"])
                         if event is not None:
                             self.listeners.dispatch(event)
