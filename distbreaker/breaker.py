@@ -296,7 +296,7 @@ class Breaker(_Shell):
         Without ``actor`` and for at most an hour this is a worker's own pause (an upstream
         said when to come back), which a worker's Redis user may ask for; otherwise it is
         an operator command (``control.lua``), recorded with its actor. A hold Redis refuses
-        (``PermissionDeniedError``) still holds this process's own calls.
+        raises ``PermissionDeniedError``; the local shadow keeps it.
         """
         hold_ms = CallProtocol.hold_ms(seconds)
         if CallProtocol.is_worker_hold(hold_ms, actor):
@@ -315,7 +315,7 @@ class Breaker(_Shell):
         try:
             change = self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
         except PermissionDeniedError as error:
-            protocol.hold_denied(error, hold_ms, reason)  # this process holds alone
+            protocol.hold_denied(error, hold_ms, reason)  # kept by the local shadow
             raise
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)  # the local shadow holds instead
@@ -566,7 +566,7 @@ class AsyncBreaker(_Shell):
         try:
             change = await self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
         except PermissionDeniedError as error:
-            protocol.hold_denied(error, hold_ms, reason)  # this process holds alone
+            protocol.hold_denied(error, hold_ms, reason)  # kept by the local shadow
             raise
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)

@@ -540,8 +540,9 @@ class CallProtocol:
         self.record_locally(ticket, call_id, outcome)
 
     def hold_denied(self, error: PermissionDeniedError, hold_ms: int, reason: str) -> None:
-        """A worker's hold Redis refused: this process holds alone."""
-        self.denied(error, "rate-limit holds apply to this process only")
+        """A worker's hold Redis refused: the local shadow keeps it (it decides the calls
+        whose admission Redis refuses too)."""
+        self.denied(error, "rate-limit holds stay with this process's local shadow")
         self.local.shadow.hold(self.clock.wall_ms(), hold_ms, reason)
 
     def upkeep_denied(self, error: PermissionDeniedError, plan: Upkeep) -> None:
