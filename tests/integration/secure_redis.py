@@ -11,6 +11,7 @@ import ipaddress
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,9 +141,13 @@ class PrivateRedis:
         if binary is None:
             pytest.skip("redis-server is not installed")
         self.port = port or free_port()
+        # replication writes an RDB file even with --save "": keep it out of the work tree
+        self.directory = tempfile.mkdtemp(prefix="distbreaker-redis-")
         self.process = subprocess.Popen(
             [
                 binary,
+                "--dir",
+                self.directory,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -184,6 +189,7 @@ class PrivateRedis:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
