@@ -9,6 +9,7 @@ from distbreaker.errors import (
     CircuitOpenError,
     DistbreakerError,
     ImageUnavailableError,
+    PermissionDeniedError,
     StoreUnavailableError,
     TokenUnavailableError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "FleetRetryBudget",
     "ImageUnavailableError",
     "NetworkOperation",
+    "PermissionDeniedError",
     "RetryBudget",
     "RetryPolicy",
     "StoreUnavailableError",

@@ -17,7 +17,7 @@ from distbreaker import upkeep
 from distbreaker.classify import Classifier, Verdict, classify
 from distbreaker.config import BreakerConfig, validate_name
 from distbreaker.core import Command, HistoryEntry, Outcome
-from distbreaker.errors import CircuitOpenError, StoreUnavailableError
+from distbreaker.errors import CircuitOpenError, PermissionDeniedError, StoreUnavailableError
 from distbreaker.events import subscribe, subscribe_async
 from distbreaker.process import Clock
 from distbreaker.protocol import Ask, CallProtocol, Ticket, Upkeep
@@ -202,6 +202,8 @@ class Breaker(_Shell):
             return decided
         try:
             admission = self._store.admit(protocol.clock.server_ms(), decided.call_id)
+        except PermissionDeniedError as error:  # also an OSError: before STORE_ERRORS
+            return protocol.admit_denied(error)
         except STORE_ERRORS as error:
             upkeep.wake()
             return protocol.admit_failed(error, decided)
@@ -244,6 +246,9 @@ class Breaker(_Shell):
             change = self._store.record(
                 protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
             )
+        except PermissionDeniedError as error:
+            protocol.record_denied(error, ticket, call_id, outcome, batch)
+            return
         except STORE_ERRORS as error:
             protocol.record_failed(error, ticket, call_id, outcome, batch)
             upkeep.wake()
@@ -259,6 +264,8 @@ class Breaker(_Shell):
             return protocol.status_failed(None)
         try:
             snapshot = self._store.snapshot(protocol.clock.server_ms())
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             upkeep.wake()
             return protocol.status_failed(error)
@@ -271,6 +278,8 @@ class Breaker(_Shell):
         self._process()
         try:
             entries = self._store.history(limit)
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
         return _since(entries, since_ms)
@@ -293,7 +302,8 @@ class Breaker(_Shell):
 
         Without ``actor`` and for at most an hour this is a worker's own pause (an upstream
         said when to come back), which a worker's Redis user may ask for; otherwise it is
-        an operator command (``control.lua``), recorded with its actor.
+        an operator command (``control.lua``), recorded with its actor. A hold Redis refuses
+        raises ``PermissionDeniedError``; the local shadow keeps it.
         """
         hold_ms = CallProtocol.hold_ms(seconds)
         if CallProtocol.is_worker_hold(hold_ms, actor):
@@ -302,7 +312,9 @@ class Breaker(_Shell):
             self._control("hold_open", hold_ms, reason, actor)
 
     def _hold(self, seconds: float, reason: str) -> None:
-        self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
+        """A rate limit's hold on the call path: a refusal is logged once, never raised."""
+        with contextlib.suppress(PermissionDeniedError):
+            self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
 
     def _worker_hold(self, hold_ms: int, reason: str) -> None:
         protocol = self._process()
@@ -310,6 +322,9 @@ class Breaker(_Shell):
         asked = protocol.clock.monotonic()
         try:
             change = self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
+        except PermissionDeniedError as error:
+            protocol.hold_denied(error, hold_ms, reason)  # kept by the local shadow
+            raise
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)  # the local shadow holds instead
             upkeep.wake()
@@ -324,6 +339,8 @@ class Breaker(_Shell):
             change = self._store.control(
                 protocol.clock.server_ms(), command, hold_ms, reason, actor_text
             )
+        except PermissionDeniedError:
+            raise  # Redis answered: nothing to apply locally
         except STORE_ERRORS as error:
             raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
         protocol.recorded(change, asked)
@@ -340,6 +357,8 @@ class Breaker(_Shell):
                 protocol.pinged()
                 return 0.0  # Redis is back: what waited for it goes out at once
             self._send(protocol, plan)
+        except PermissionDeniedError as error:
+            protocol.upkeep_denied(error, plan)
         except STORE_ERRORS as error:
             protocol.upkeep_failed(error, plan)
         return plan.wake_in
@@ -456,6 +475,8 @@ class AsyncBreaker(_Shell):
             return decided
         try:
             admission = await self._store.admit(protocol.clock.server_ms(), decided.call_id)
+        except PermissionDeniedError as error:  # also an OSError: before STORE_ERRORS
+            return protocol.admit_denied(error)
         except STORE_ERRORS as error:
             upkeep.wake_async()
             return protocol.admit_failed(error, decided)
@@ -497,6 +518,9 @@ class AsyncBreaker(_Shell):
             change = await self._store.record(
                 protocol.clock.server_ms(), call_id, ticket.generation, outcome, batch
             )
+        except PermissionDeniedError as error:
+            protocol.record_denied(error, ticket, call_id, outcome, batch)
+            return
         except STORE_ERRORS as error:
             protocol.record_failed(error, ticket, call_id, outcome, batch)
             upkeep.wake_async()
@@ -510,6 +534,8 @@ class AsyncBreaker(_Shell):
             return protocol.status_failed(None)
         try:
             snapshot = await self._store.snapshot(protocol.clock.server_ms())
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             upkeep.wake_async()
             return protocol.status_failed(error)
@@ -521,6 +547,8 @@ class AsyncBreaker(_Shell):
         self._process()
         try:
             entries = await self._store.history(limit)
+        except PermissionDeniedError:
+            raise
         except STORE_ERRORS as error:
             raise StoreUnavailableError(self.name, f"{type(error).__name__}: {error}") from error
         return _since(entries, since_ms)
@@ -548,7 +576,8 @@ class AsyncBreaker(_Shell):
             await self._control("hold_open", hold_ms, reason, actor)
 
     async def _hold(self, seconds: float, reason: str) -> None:
-        await self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
+        with contextlib.suppress(PermissionDeniedError):
+            await self._worker_hold(CallProtocol.worker_hold_ms(seconds), reason)
 
     async def _worker_hold(self, hold_ms: int, reason: str) -> None:
         protocol = self._process()
@@ -556,6 +585,9 @@ class AsyncBreaker(_Shell):
         asked = protocol.clock.monotonic()
         try:
             change = await self._store.hold(protocol.clock.server_ms(), hold_ms, reason)
+        except PermissionDeniedError as error:
+            protocol.hold_denied(error, hold_ms, reason)  # kept by the local shadow
+            raise
         except STORE_ERRORS as error:
             protocol.hold_failed(error, hold_ms, reason)
             upkeep.wake_async()
@@ -572,6 +604,8 @@ class AsyncBreaker(_Shell):
             change = await self._store.control(
                 protocol.clock.server_ms(), command, hold_ms, reason, actor_text
             )
+        except PermissionDeniedError:
+            raise  # Redis answered: nothing to apply locally
         except STORE_ERRORS as error:
             raise protocol.control_failed(error, command, hold_ms, reason, actor_text) from error
         protocol.recorded(change, asked)
@@ -586,6 +620,8 @@ class AsyncBreaker(_Shell):
                 protocol.pinged()
                 return 0.0  # Redis is back: what waited for it goes out at once
             await self._send(protocol, plan)
+        except PermissionDeniedError as error:
+            protocol.upkeep_denied(error, plan)
         except STORE_ERRORS as error:
             protocol.upkeep_failed(error, plan)
         return plan.wake_in

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel, ValidationError
@@ -109,28 +111,58 @@ def default_redis_url() -> str:
     return os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
 
 
+# Query parameters that carry secrets (redis-py reads ``?password=`` from a URL).
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|token|secret)[^=&#]*=)[^&#]*")
+_MASK = r"\1***"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    """``url`` with its password (in the user part or a ``?password=`` parameter) replaced
+    by ``***``, for printing; never raises, whatever the text."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return _SECRET_QUERY.sub(_MASK, url)
+    end = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=len(rest))
+    if "@" not in rest[:end]:
+        end = rest.rfind("@") + 1 or end  # a "?" or "#" inside the password
+    # the last "@" before the query ends the user part, even if the password holds a "/"
+    userinfo, at, location = rest[:end].rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = f"{userinfo.split(':', 1)[0]}:***"
+    head = f"{userinfo}@{location}" if at else location
+    return f"{scheme}://{head}{_SECRET_QUERY.sub(_MASK, rest[end:])}"
 
 
-def open_client(url: str, timeout: float = TOOL_TIMEOUT) -> redis.Redis:
-    """A client for operator tools; ``ValueError`` for a URL that is not a Redis URL."""
-    return connect(url, timeout=timeout)
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Certificate files for a ``rediss://`` URL: the CA to verify Redis with, and a client
+    certificate and its key when Redis asks for one (``tls-auth-clients``)."""
+
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def options(self) -> dict[str, str]:
+        """The redis-py connection options (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``)."""
+        given = {"ssl_ca_certs": self.ca_cert, "ssl_certfile": self.cert, "ssl_keyfile": self.key}
+        return {option: path for option, path in given.items() if path is not None}
 
 
-def open_cluster_client(url: str, timeout: float = TOOL_TIMEOUT) -> Any:
+NO_TLS = TlsFiles()
+
+
+def open_client(url: str, timeout: float = TOOL_TIMEOUT, tls: TlsFiles = NO_TLS) -> redis.Redis:
+    """A client for operator tools; ``ValueError`` for a URL that is not a Redis URL or
+    TLS files that cannot be used with it."""
+    return connect(url, timeout=timeout, **tls.options())
+
+
+def open_cluster_client(url: str, timeout: float = TOOL_TIMEOUT, tls: TlsFiles = NO_TLS) -> Any:
     """A ``RedisCluster`` for operator tools: ``url`` names one node, the others are
     discovered. ``ValueError`` for a bad URL, ``RedisClusterException`` when no node answers."""
     if urlsplit(url).path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has only database 0")
-    return connect_cluster(url, timeout=timeout)
+    return connect_cluster(url, timeout=timeout, **tls.options())
 
 
 def is_cluster(client: Any) -> bool:
@@ -441,14 +473,19 @@ def get_network_status(redis_or_url: Any = None, prefix: str = DEFAULT_PREFIX) -
 
 
 def _client_url(client: Any) -> str:
+    """Where ``client`` connects, as a URL without credentials."""
     if is_cluster(client):
         node = client.get_default_node()
-        return f"redis://{node.host}:{node.port}/0"
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        ssl = client.get_connection_kwargs().get("ssl", False)
+        return f"{'rediss' if ssl else 'redis'}://{node.host}:{node.port}/0"
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {})
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
+    connection_class = getattr(pool, "connection_class", None)
+    tls = isinstance(connection_class, type) and issubclass(connection_class, redis.SSLConnection)
     host, port, db = kwargs.get("host", "?"), kwargs.get("port", "?"), kwargs.get("db", 0)
-    return f"redis://{host}:{port}/{db}"
+    return f"{'rediss' if tls else 'redis'}://{host}:{port}/{db}"
 
 
 def load_scripts(client: Any) -> dict[str, str]:

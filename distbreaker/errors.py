@@ -3,6 +3,8 @@
     DistbreakerError
     ├── CircuitOpenError        the breaker refused the call (name, state, retry_after)
     ├── StoreUnavailableError   Redis did not answer and on_store_error="raise"
+    ├── PermissionDeniedError   Redis refused a command: the Redis user (ACL) lacks a permission
+                                (also a ``PermissionError``)
     ├── TokenUnavailableError   no GitHub App token: the API is down and no cached token is valid
     └── ImageUnavailableError   no registry and no local copy of a Docker image
 
@@ -66,6 +68,28 @@ class StoreUnavailableError(DistbreakerError):
 
     def __reduce__(self) -> tuple[type[StoreUnavailableError], tuple[str, str]]:
         return (type(self), (self.name, self.cause))
+
+
+class PermissionDeniedError(DistbreakerError, PermissionError):
+    """Redis refused one of the breaker's commands: its ACL user lacks a permission.
+
+    Redis answered, so this is no outage: the breaker stays in shared mode (no local mode,
+    no back-off). ``operation`` names what was refused (``"force_open"``, ``"status"``…),
+    ``needed`` the permission that would allow it, ``detail`` Redis's own words.
+    """
+
+    def __init__(self, name: str, operation: str, needed: str, detail: str) -> None:
+        self.name = name
+        self.operation = operation
+        self.needed = needed
+        self.detail = detail
+        super().__init__(
+            f"Redis refused {operation} for breaker {name!r}: this Redis user lacks {needed} "
+            f"({detail})"
+        )
+
+    def __reduce__(self) -> tuple[type[PermissionDeniedError], tuple[str, str, str, str]]:
+        return (type(self), (self.name, self.operation, self.needed, self.detail))
 
 
 class TokenUnavailableError(DistbreakerError):

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from distbreaker.config import validate_name
 from distbreaker.core import STATES, Event
+from distbreaker.store import is_denied
 
 logger = logging.getLogger("distbreaker")
 
@@ -132,6 +133,21 @@ def _safely(listener: Listener, method: str, *args: object) -> None:
         logger.exception("distbreaker events listener %r failed in %s", listener, method)
 
 
+def _warn_if_denied(error: BaseException, channel: str, warned: bool) -> bool:
+    """One warning when Redis refuses the subscription (an ACL without ``&channel``);
+    True once warned. Other errors are ordinary reconnects, logged at debug level."""
+    if warned or not is_denied(error):
+        return warned
+    logger.warning(
+        "events subscriber: Redis refused SUBSCRIBE %s (%s); this Redis user needs the "
+        "channel permission &%s; caches rely on cache_ttl meanwhile",
+        channel,
+        error,
+        channel,
+    )
+    return True
+
+
 class _Reconnect:
     """Back-off between reconnection attempts: 0.1 s doubling to 5 s."""
 
@@ -155,6 +171,7 @@ class Subscriber:
         self.listeners = _Listeners()
         self.connected = threading.Event()
         self._stop = threading.Event()
+        self._warned = False
         self._thread = threading.Thread(
             target=self._run, name=f"distbreaker-events:{channel}", daemon=True
         )
@@ -169,14 +186,18 @@ class Subscriber:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                # subscribe confirmations are read: only they say the subscription is live
+                # (a refused SUBSCRIBE comes back as an error instead)
+                pubsub = self.client.pubsub()
                 pubsub.subscribe(self.channel)
-                self.connected.set()
-                self.listeners.reconnected()
-                backoff.reset()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
-                    if message and message.get("type") == "message":
+                    kind = message.get("type") if message else None
+                    if kind == "subscribe" and not self.connected.is_set():
+                        self.connected.set()
+                        self.listeners.reconnected()
+                        backoff.reset()
+                    elif kind == "message":
                         self._deliver(message["data"])
             except Exception as error:  # any failure: drop the connection, retry later
                 self._lost(error)
@@ -190,6 +211,7 @@ class Subscriber:
         was_connected = self.connected.is_set()
         self.connected.clear()
         logger.debug("events subscriber on %s lost: %s", self.channel, error)
+        self._warned = _warn_if_denied(error, self.channel, self._warned)
         if was_connected:
             self.listeners.disconnected(error)
 
@@ -207,6 +229,7 @@ class AsyncSubscriber:
         self.channel = channel
         self.listeners = _Listeners()
         self.connected = asyncio.Event()
+        self._warned = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -222,17 +245,19 @@ class AsyncSubscriber:
                 raise asyncio.CancelledError  # a client swallowed it: end anyway
             pubsub = None
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self.client.pubsub()  # confirmations read, as in Subscriber
                 await pubsub.subscribe(self.channel)
-                self.connected.set()
-                self.listeners.reconnected()
-                backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if task is not None and task.cancelling():
                         # some clients (the asyncio cluster pub/sub) swallow cancellation
                         raise asyncio.CancelledError
-                    if message and message.get("type") == "message":
+                    kind = message.get("type") if message else None
+                    if kind == "subscribe" and not self.connected.is_set():
+                        self.connected.set()
+                        self.listeners.reconnected()
+                        backoff.reset()
+                    elif kind == "message":
                         event = parse_event(message["data"])
                         if event is not None:
                             self.listeners.dispatch(event)
@@ -242,6 +267,7 @@ class AsyncSubscriber:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 logger.debug("events subscriber on %s lost: %s", self.channel, error)
+                self._warned = _warn_if_denied(error, self.channel, self._warned)
                 if was_connected:
                     self.listeners.disconnected(error)
                 await asyncio.sleep(backoff.next())

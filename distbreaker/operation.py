@@ -21,7 +21,7 @@ import redis.asyncio
 from distbreaker.breaker import AsyncBreaker, Breaker, ClockSource, resolve
 from distbreaker.classify import Classifier
 from distbreaker.config import BreakerConfig
-from distbreaker.errors import CircuitOpenError, StoreUnavailableError
+from distbreaker.errors import CircuitOpenError, PermissionDeniedError, StoreUnavailableError
 from distbreaker.retry import GiveUp, Retry, RetryBudget, RetryPolicy, after_failure
 from distbreaker.status import BreakerStatus
 
@@ -154,7 +154,7 @@ class NetworkOperation(_OperationBase):
 
     def _hold(self, seconds: float) -> None:
         self._log_hold(self.breaker.name, seconds)
-        with contextlib.suppress(StoreUnavailableError):
+        with contextlib.suppress(StoreUnavailableError, PermissionDeniedError):
             self.breaker.hold_open(seconds, "retry-after")
 
     def __repr__(self) -> str:
@@ -234,7 +234,7 @@ class AsyncNetworkOperation(_OperationBase):
 
     async def _hold(self, seconds: float) -> None:
         self._log_hold(self.breaker.name, seconds)
-        with contextlib.suppress(StoreUnavailableError):
+        with contextlib.suppress(StoreUnavailableError, PermissionDeniedError):
             await self.breaker.hold_open(seconds, "retry-after")
 
     def __repr__(self) -> str:

@@ -16,6 +16,11 @@ the Redis I/O it asks for (httpx's ``BaseClient`` idea), so the twins differ onl
 While Redis is unreachable the decisions come from ``ProcessState.shadow`` (the same state
 machine in pure Python) according to ``on_store_error``. With ``enforce=False`` (dry run)
 every refusal becomes an admission that is counted as "would refuse".
+
+A command Redis refuses for lack of an ACL permission (``PermissionDeniedError``) is no
+outage: Redis answered. On the call path that one call is decided as ``on_store_error``
+says (``"raise"`` raises the ``PermissionDeniedError``), logged once per operation, and the
+next call asks Redis again: no local mode, no back-off. Controls, status and history raise.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from distbreaker.core import (
     Snapshot,
     Window,
 )
-from distbreaker.errors import CircuitOpenError, StoreUnavailableError
+from distbreaker.errors import CircuitOpenError, PermissionDeniedError, StoreUnavailableError
 from distbreaker.process import Clock, LocalCache, ProcessState
 from distbreaker.status import BreakerStatus, status_from_snapshot
 from distbreaker.store import Batch
@@ -130,6 +135,7 @@ class CallProtocol:
         self.feed = _CacheFeed(self.clock, self.local.cache)
         self._next_report = 0.0
         self._reported_local_open = False
+        self._denials_logged: set[str] = set()
 
     def renew(self) -> bool:
         """After a fork: a new process state; True when the twin must rebuild its store."""
@@ -547,6 +553,53 @@ class CallProtocol:
             report.now_ms,
             asked_at,
         )
+
+    # -- refused by Redis's ACL ---------------------------------------------------------
+
+    def denied(self, error: PermissionDeniedError, consequence: str) -> None:
+        """Redis answered but refused (an ACL): no outage, so neither local mode nor a
+        back-off; one error line per refused operation and process."""
+        self.store_answered()
+        if error.operation in self._denials_logged:
+            return
+        self._denials_logged.add(error.operation)
+        logger.error("breaker %r: %s; %s", self.name, error, consequence)
+
+    def admit_denied(self, error: PermissionDeniedError) -> Ticket | CircuitOpenError:
+        """The admission Redis refused: this call as ``on_store_error`` says."""
+        mode = self.config.on_store_error
+        self.denied(error, f"each such call is decided by this process alone ({mode})")
+        if mode == "raise":
+            raise error
+        return self._degraded_admission(str(error))
+
+    def record_denied(
+        self,
+        error: PermissionDeniedError,
+        ticket: Ticket,
+        call_id: str,
+        outcome: Outcome,
+        batch: Batch | None = None,
+    ) -> None:
+        """The outcome Redis refused stays with the local shadow (and the counts here)."""
+        self.denied(error, "outcomes stay in this process")
+        if batch is not None:
+            self.local.counts.give_back(batch[0], 0, self.clock.monotonic())
+        self.record_locally(ticket, call_id, outcome)
+
+    def hold_denied(self, error: PermissionDeniedError, hold_ms: int, reason: str) -> None:
+        """A worker's hold Redis refused: the local shadow keeps it (it decides the calls
+        whose admission Redis refuses too)."""
+        self.denied(error, "rate-limit holds stay with this process's local shadow")
+        self.local.shadow.hold(self.clock.wall_ms(), hold_ms, reason)
+
+    def upkeep_denied(self, error: PermissionDeniedError, plan: Upkeep) -> None:
+        """Like ``upkeep_failed``, but Redis answered: nothing is backed off. Counts wait
+        for the next report (only a window's worth is kept); probe outcomes are dropped,
+        as retrying them cannot succeed (their leases expire after ``probe_timeout``)."""
+        self.denied(error, "call counts stay in this process")
+        if plan.batch is not None:
+            self.local.counts.give_back(plan.batch[0], plan.would_refuse, self.clock.monotonic())
 
     # -- the store's health ----------------------------------------------------------
 

@@ -2,14 +2,21 @@
 
 ``SyncStore`` and ``AsyncStore`` are twins over redis-py's ``Script`` objects (EVALSHA with
 automatic reload on NOSCRIPT, also on a cluster); argument building and reply parsing are
-shared and pure.
+shared and pure. ``status.lua`` is flagged ``no-writes`` and runs with ``EVALSHA_RO``, so a
+read-only ACL user and a replica can read breakers; servers older than Redis 7 (and
+fakeredis) run it without the flag. A command Redis refuses for lack of an ACL permission
+becomes ``PermissionDeniedError``, never a store outage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
+import os
+import weakref
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -18,6 +25,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError, NoScriptError
 
 from distbreaker.config import BreakerConfig
 from distbreaker.core import (
@@ -32,6 +40,7 @@ from distbreaker.core import (
     State,
     Window,
 )
+from distbreaker.errors import PermissionDeniedError
 
 logger = logging.getLogger("distbreaker")
 T = TypeVar("T")
@@ -39,6 +48,7 @@ T = TypeVar("T")
 ScriptName = Literal["admit", "record", "report", "control", "status"]
 SCRIPT_NAMES: tuple[ScriptName, ...] = ("admit", "record", "report", "control", "status")
 _INCLUDE = "--!include _lib.lua"
+_SHEBANG = "#!lua"
 
 # What a store failure looks like: the server is gone, hung, loading, read-only or the
 # cluster is reshaping. redis-py raises all of these as RedisError subclasses.
@@ -62,6 +72,15 @@ def script_source(name: ScriptName) -> str:
     if _INCLUDE not in text:
         raise RuntimeError(f"lua/{name}.lua lacks its {_INCLUDE!r} line")
     return text.replace(_INCLUDE, library, 1)
+
+
+@functools.cache
+def unflagged_source(name: ScriptName) -> str:
+    """``script_source(name)`` without its ``#!lua flags=`` line, for servers before Redis 7."""
+    text = script_source(name)
+    if not text.startswith(_SHEBANG):
+        return text
+    return text.split("\n", 1)[1]
 
 
 class BreakerKeys(NamedTuple):
@@ -212,6 +231,109 @@ def parse_history_entry(entry_id: Any, fields: dict[Any, Any]) -> HistoryEntry |
         return None
 
 
+def is_denied(error: BaseException) -> bool:
+    """Did Redis refuse a command for lack of an ACL permission?
+
+    ``NOPERM`` for the command itself or the keys it declares; from inside a script Redis
+    7.0 answers ``ERR The user executing the script can't ...`` instead.
+    """
+    if isinstance(error, NoPermissionError):
+        return True
+    if not isinstance(error, redis.ResponseError):
+        return False
+    text = str(error)
+    return text.startswith("NOPERM") or "user executing the script can't" in text
+
+
+def _lacks_read_only_scripts(error: redis.ResponseError) -> bool:
+    """The server (Redis < 7, fakeredis) or the ACL user cannot run ``EVALSHA_RO``."""
+    text = str(error).lower()
+    if "unknown command" in text:
+        return True
+    return is_denied(error) and ("'evalsha_ro'" in text or "'eval_ro'" in text)
+
+
+# Per client: does it run EVALSHA_RO? Learned from the first status read, then kept.
+_read_only_support: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _supports_read_only(client: Any) -> bool:
+    if not hasattr(client, "execute_command"):  # a wrapper offering only register_script
+        return False
+    try:
+        return _read_only_support.get(client, True)
+    except TypeError:  # a client that cannot be weakly referenced: try every time
+        return True
+
+
+def _remember_read_only(client: Any, supported: bool) -> None:
+    with contextlib.suppress(TypeError):
+        _read_only_support[client] = supported
+
+
+def _cluster_target(client: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """On a cluster, the node that owns the keys: redis-py would otherwise ask the server
+    for EVALSHA_RO's keys (``COMMAND GETKEYS``) before every call."""
+    if not hasattr(client, "get_node_from_key"):
+        return {}
+    return {"target_nodes": client.get_node_from_key(keys[0])}
+
+
+class _ReadOnlyScript:
+    """One ``no-writes`` script run with ``EVALSHA_RO`` (``EVAL_RO`` on NOSCRIPT, which
+    also caches it), or as a plain ``Script`` where read-only scripts are not supported."""
+
+    def __init__(self, client: Any, name: ScriptName) -> None:
+        self.client = client
+        self.text = script_source(name)
+        # Redis names scripts by their SHA1 digest: an identifier, not a security measure
+        self.sha = hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest()
+        self.fallback = client.register_script(unflagged_source(name))
+
+    def _read_only_args(self, keys: Sequence[str], args: Sequence[str]) -> list[Any]:
+        return [len(keys), *keys, *args]
+
+
+class _SyncReadOnly(_ReadOnlyScript):
+    def __call__(self, keys: Sequence[str], args: Sequence[str]) -> Any:
+        client = self.client
+        if _supports_read_only(client):
+            call = self._read_only_args(keys, args)
+            target = _cluster_target(client, keys)
+            try:
+                try:
+                    reply = client.execute_command("EVALSHA_RO", self.sha, *call, **target)
+                except NoScriptError:
+                    reply = client.execute_command("EVAL_RO", self.text, *call, **target)
+            except redis.ResponseError as error:
+                if not _lacks_read_only_scripts(error):
+                    raise
+                _remember_read_only(client, False)
+            else:
+                return reply
+        return self.fallback(keys, args)
+
+
+class _AsyncReadOnly(_ReadOnlyScript):
+    async def __call__(self, keys: Sequence[str], args: Sequence[str]) -> Any:
+        client = self.client
+        if _supports_read_only(client):
+            call = self._read_only_args(keys, args)
+            target = _cluster_target(client, keys)
+            try:
+                try:
+                    reply = await client.execute_command("EVALSHA_RO", self.sha, *call, **target)
+                except NoScriptError:
+                    reply = await client.execute_command("EVAL_RO", self.text, *call, **target)
+            except redis.ResponseError as error:
+                if not _lacks_read_only_scripts(error):
+                    raise
+                _remember_read_only(client, False)
+            else:
+                return reply
+        return await self.fallback(keys, args)
+
+
 def _now_arg(now_ms: int | None) -> str:
     return "" if now_ms is None else str(int(now_ms))
 
@@ -226,6 +348,23 @@ class _StoreBase:
         self.history_key = keys.history
         self.reporter = reporter
         self._common = common_args(name, config)
+
+    def _denied(self, operation: str, error: redis.ResponseError) -> PermissionDeniedError:
+        """The ``PermissionDeniedError`` for ``operation``, naming the right it needs."""
+        base = f"{self.config.key_prefix}:{{{self.name}}}"
+        channel = events_channel(self.config.key_prefix)
+        if operation == "status":
+            needed = f"read access to {base}:* and EVALSHA_RO (the observer role)"
+        elif operation == "history":
+            needed = f"read access to {self.history_key} with TYPE and XREVRANGE"
+        elif operation in ("admit", "record", "report", "worker hold"):
+            needed = (
+                f"write access to {base}:* but :control, EVALSHA, SCRIPT LOAD and PUBLISH to "
+                f"{channel} (the worker role)"
+            )
+        else:
+            needed = f"write access to {base}:control (the operator role)"
+        return PermissionDeniedError(self.name, operation, needed, printable(error))
 
     def _args(self, now_ms: int | None, *extra: str) -> list[str]:
         return [_now_arg(now_ms), *self._common, self.reporter, *extra]
@@ -264,10 +403,23 @@ class SyncStore(_StoreBase):
     def __init__(self, client: Any, name: str, config: BreakerConfig, reporter: str = "") -> None:
         super().__init__(name, config, reporter)
         self.client = client
-        self._scripts = {n: client.register_script(script_source(n)) for n in SCRIPT_NAMES}
+        self._scripts: dict[ScriptName, Callable[[Sequence[str], Sequence[str]], Any]] = {
+            n: client.register_script(script_source(n)) for n in SCRIPT_NAMES if n != "status"
+        }
+        self._scripts["status"] = _SyncReadOnly(client, "status")
+
+    def _run(
+        self, script: ScriptName, operation: str, keys: Sequence[str], args: Sequence[str]
+    ) -> Any:
+        try:
+            return self._scripts[script](keys, args)
+        except redis.ResponseError as error:
+            if is_denied(error):
+                raise self._denied(operation, error) from None
+            raise
 
     def admit(self, now_ms: int | None, call_id: str) -> Admission:
-        return parse_admission(self._scripts["admit"](self.keys, self._args(now_ms, call_id)))
+        return parse_admission(self._run("admit", "admit", self.keys, self._args(now_ms, call_id)))
 
     def record(
         self,
@@ -278,19 +430,19 @@ class SyncStore(_StoreBase):
         batch: Batch | None = None,
     ) -> Change:
         args = self._record_args(now_ms, call_id, generation, outcome, 0, "", batch)
-        return parse_change(self._scripts["record"](self.keys, args))
+        return parse_change(self._run("record", "record", self.keys, args))
 
     def hold(self, now_ms: int | None, hold_ms: int, reason: str = "") -> Change:
         """A worker's rate-limit hold (``record.lua``'s ``hold``: at most an hour)."""
         args = self._record_args(now_ms, "", 0, "hold", hold_ms, reason, None)
-        return parse_change(self._scripts["record"](self.keys, args))
+        return parse_change(self._run("record", "worker hold", self.keys, args))
 
     def report(
         self, now_ms: int | None, batch: Batch, would_refuse: int = 0, local_until_ms: int = 0
     ) -> Report:
         counts, worker, seq = batch
         args = self._args(now_ms, counts, worker, str(seq), str(would_refuse), str(local_until_ms))
-        return parse_report(self._scripts["report"](self.keys, args))
+        return parse_report(self._run("report", "report", self.keys, args))
 
     def control(
         self,
@@ -301,16 +453,21 @@ class SyncStore(_StoreBase):
         actor: str = "",
     ) -> Change:
         args = self._args(now_ms, command, str(int(hold_ms)), reason, actor)
-        return parse_change(self._scripts["control"](self.control_keys, args))
+        return parse_change(self._run("control", command, self.control_keys, args))
 
     def snapshot(self, now_ms: int | None) -> Snapshot:
-        return parse_snapshot(self._scripts["status"](self.keys, self._args(now_ms)))
+        return parse_snapshot(self._run("status", "status", self.keys, self._args(now_ms)))
 
     def history(self, limit: int) -> list[HistoryEntry]:
         """The newest ``limit`` history entries, oldest first."""
-        if self.client.type(self.history_key) not in (b"stream", "stream"):
-            return []
-        raw = self.client.xrevrange(self.history_key, count=limit)
+        try:
+            if self.client.type(self.history_key) not in (b"stream", "stream"):
+                return []
+            raw = self.client.xrevrange(self.history_key, count=limit)
+        except redis.ResponseError as error:
+            if is_denied(error):
+                raise self._denied("history", error) from None
+            raise
         return _history(raw)
 
 
@@ -320,10 +477,23 @@ class AsyncStore(_StoreBase):
     def __init__(self, client: Any, name: str, config: BreakerConfig, reporter: str = "") -> None:
         super().__init__(name, config, reporter)
         self.client = client
-        self._scripts = {n: client.register_script(script_source(n)) for n in SCRIPT_NAMES}
+        self._scripts: dict[ScriptName, Callable[[Sequence[str], Sequence[str]], Any]] = {
+            n: client.register_script(script_source(n)) for n in SCRIPT_NAMES if n != "status"
+        }
+        self._scripts["status"] = _AsyncReadOnly(client, "status")
+
+    async def _run(
+        self, script: ScriptName, operation: str, keys: Sequence[str], args: Sequence[str]
+    ) -> Any:
+        try:
+            return await self._scripts[script](keys, args)
+        except redis.ResponseError as error:
+            if is_denied(error):
+                raise self._denied(operation, error) from None
+            raise
 
     async def admit(self, now_ms: int | None, call_id: str) -> Admission:
-        reply = await self._scripts["admit"](self.keys, self._args(now_ms, call_id))
+        reply = await self._run("admit", "admit", self.keys, self._args(now_ms, call_id))
         return parse_admission(reply)
 
     async def record(
@@ -335,18 +505,18 @@ class AsyncStore(_StoreBase):
         batch: Batch | None = None,
     ) -> Change:
         args = self._record_args(now_ms, call_id, generation, outcome, 0, "", batch)
-        return parse_change(await self._scripts["record"](self.keys, args))
+        return parse_change(await self._run("record", "record", self.keys, args))
 
     async def hold(self, now_ms: int | None, hold_ms: int, reason: str = "") -> Change:
         args = self._record_args(now_ms, "", 0, "hold", hold_ms, reason, None)
-        return parse_change(await self._scripts["record"](self.keys, args))
+        return parse_change(await self._run("record", "worker hold", self.keys, args))
 
     async def report(
         self, now_ms: int | None, batch: Batch, would_refuse: int = 0, local_until_ms: int = 0
     ) -> Report:
         counts, worker, seq = batch
         args = self._args(now_ms, counts, worker, str(seq), str(would_refuse), str(local_until_ms))
-        return parse_report(await self._scripts["report"](self.keys, args))
+        return parse_report(await self._run("report", "report", self.keys, args))
 
     async def control(
         self,
@@ -357,15 +527,21 @@ class AsyncStore(_StoreBase):
         actor: str = "",
     ) -> Change:
         args = self._args(now_ms, command, str(int(hold_ms)), reason, actor)
-        return parse_change(await self._scripts["control"](self.control_keys, args))
+        return parse_change(await self._run("control", command, self.control_keys, args))
 
     async def snapshot(self, now_ms: int | None) -> Snapshot:
-        return parse_snapshot(await self._scripts["status"](self.keys, self._args(now_ms)))
+        return parse_snapshot(await self._run("status", "status", self.keys, self._args(now_ms)))
 
     async def history(self, limit: int) -> list[HistoryEntry]:
-        if await self.client.type(self.history_key) not in (b"stream", "stream"):
-            return []
-        return _history(await self.client.xrevrange(self.history_key, count=limit))
+        try:
+            if await self.client.type(self.history_key) not in (b"stream", "stream"):
+                return []
+            raw = await self.client.xrevrange(self.history_key, count=limit)
+        except redis.ResponseError as error:
+            if is_denied(error):
+                raise self._denied("history", error) from None
+            raise
+        return _history(raw)
 
 
 def _history(raw: Any) -> list[HistoryEntry]:
@@ -381,14 +557,37 @@ def _breaker_grade(options: dict[str, Any], timeout: float, retry: Any) -> dict[
     return options
 
 
+TLS_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def check_tls(url: str, options: dict[str, Any]) -> None:
+    """``ValueError`` before any I/O for TLS options that cannot work: ``ssl_*`` options
+    with a URL that is not ``rediss://``, unreadable certificate or key files, a key
+    without its certificate. (The URL's query may carry them too, as redis-py allows.)"""
+    given = sorted(k for k, v in options.items() if k.startswith("ssl_") and v is not None)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if given and scheme != "rediss":
+        raise ValueError(f"{given[0]} needs a rediss:// URL (TLS), not {scheme or 'this'}://")
+    for option in TLS_FILE_OPTIONS:
+        path = options.get(option)
+        if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ValueError(f"{option}: {printable(path)!s} is not a readable file")
+    if options.get("ssl_keyfile") is not None and options.get("ssl_certfile") is None:
+        raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+
+
 def connect(url: str, *, timeout: float = 0.25, **options: Any) -> redis.Redis:
     """A ``redis.Redis`` with breaker-grade settings: short timeouts and no client retries.
 
     redis-py's defaults (5 s timeouts, three retries with backoff) can stall a call for
     seconds when Redis is down; the breaker decides itself what to do on a store error.
+    For TLS use a ``rediss://`` URL, with ``ssl_ca_certs`` (and ``ssl_certfile`` and
+    ``ssl_keyfile`` for a client certificate); the TLS handshake is bounded by the same
+    timeout.
     """
     from redis.retry import Retry
 
+    check_tls(url, options)
     return redis.Redis.from_url(url, **_breaker_grade(options, timeout, Retry(NoBackoff(), 0)))
 
 
@@ -396,6 +595,7 @@ def connect_async(url: str, *, timeout: float = 0.25, **options: Any) -> redis.a
     """The ``redis.asyncio`` twin of :func:`connect`."""
     from redis.asyncio.retry import Retry
 
+    check_tls(url, options)
     settings = _breaker_grade(options, timeout, Retry(NoBackoff(), 0))
     return redis.asyncio.Redis.from_url(url, **settings)
 
@@ -408,6 +608,7 @@ def connect_cluster(url: str, *, timeout: float = 0.25, **options: Any) -> Any:
     from redis.cluster import RedisCluster
     from redis.retry import Retry
 
+    check_tls(url, options)
     return RedisCluster.from_url(url, **_breaker_grade(options, timeout, Retry(NoBackoff(), 1)))
 
 
@@ -416,4 +617,5 @@ def connect_cluster_async(url: str, *, timeout: float = 0.25, **options: Any) ->
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
 
+    check_tls(url, options)
     return RedisCluster.from_url(url, **_breaker_grade(options, timeout, Retry(NoBackoff(), 1)))

@@ -1,5 +1,7 @@
--- distbreaker status: read one breaker without changing it (safe on a replica, and with
--- a read-only ACL user).
+#!lua flags=no-writes
+-- distbreaker status: read one breaker without changing it. The flag above lets Redis 7
+-- run it with EVALSHA_RO: on a read-only replica, and for an ACL user with read access
+-- only (`%R~<prefix>:*`). Older servers (and fakeredis) get this text without that line.
 --
 -- KEYS: [1] state  [2] failures  [3] probes  [4] history  [5] calls  [6] reporters
 -- ARGV: [1..7] common (see _lib.lua)

@@ -51,6 +51,7 @@ from distbreaker.diagnostics import (
     BreakerProblem,
     RedisHealth,
     ServiceCheck,
+    TlsFiles,
     breaker_exists,
     breaker_for,
     check_docker,
@@ -66,11 +67,14 @@ from distbreaker.diagnostics import (
     settings_stored,
     stored_config,
 )
-from distbreaker.errors import StoreUnavailableError
+from distbreaker.errors import PermissionDeniedError, StoreUnavailableError
 from distbreaker.status import BreakerStatus
-from distbreaker.store import events_channel
+from distbreaker.store import check_tls, events_channel, is_denied
 
 EXTERNAL_CHECK_TIMEOUT = 5.0
+TLS_CA_CERT_ENV = "DISTBREAKER_TLS_CA_CERT"
+TLS_CERT_ENV = "DISTBREAKER_TLS_CERT"
+TLS_KEY_ENV = "DISTBREAKER_TLS_KEY"
 _READ_ERRORS: tuple[type[BaseException], ...] = (*TOOL_ERRORS, StoreUnavailableError)
 
 
@@ -106,22 +110,44 @@ def _name(value: str) -> str:
         raise CliError(str(error), 2) from None
 
 
-def open_tool_client(url: str, cluster: bool) -> Any:
+def tls_files(url: str, ca_cert: str | None, cert: str | None, key: str | None) -> TlsFiles:
+    """The ``--tls-*`` options checked against ``url`` (a usage ``CliError`` naming the
+    option), before any I/O."""
+    tls = TlsFiles(ca_cert, cert, key)
+    names = {
+        "ssl_ca_certs": "--tls-ca-cert",
+        "ssl_certfile": "--tls-cert",
+        "ssl_keyfile": "--tls-key",
+    }
+    try:
+        check_tls(url, dict(tls.options()))
+    except ValueError as error:
+        text = str(error)
+        for option, flag in names.items():
+            text = text.replace(option, flag)
+        raise CliError(text, 2) from None
+    return tls
+
+
+def open_tool_client(url: str, cluster: bool, tls: TlsFiles | None = None) -> Any:
     """A single-node or cluster client (not yet checked), or a usage ``CliError``; a
     cluster client asks its node for the others at once, so it may raise ``TOOL_ERRORS``."""
+    tls = tls or TlsFiles()
     try:
-        return open_cluster_client(url) if cluster else open_client(url)
+        return open_cluster_client(url, tls=tls) if cluster else open_client(url, tls=tls)
     except ValueError as error:
         raise CliError(f"bad Redis URL {redact_url(url)!r}: {error}", 2) from None
 
 
-def connect_checked(url: str, cluster: bool = False) -> Any:
+def connect_checked(url: str, cluster: bool = False, tls: TlsFiles | None = None) -> Any:
     """A client that has answered a PING, or a one-line ``CliError``."""
     what = "a Redis Cluster" if cluster else "Redis"
     try:
-        client = open_tool_client(url, cluster)
+        client = open_tool_client(url, cluster, tls)
         measure_latency(client)
     except TOOL_ERRORS as error:
+        if is_denied(error):
+            raise CliError(f"Redis at {redact_url(url)} refused PING: {error}") from None
         raise CliError(f"cannot reach {what} at {redact_url(url)}: {error}") from None
     return client
 
@@ -221,6 +247,36 @@ Reason = Annotated[
         "--reason", metavar="TEXT", help="Why: kept in the history with user@host, shown by watch."
     ),
 ]
+TlsCaCert = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca-cert",
+        metavar="PATH",
+        envvar=TLS_CA_CERT_ENV,
+        show_envvar=True,
+        help="CA certificate (PEM) to verify Redis with, for a rediss:// URL.",
+    ),
+]
+TlsCert = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert",
+        metavar="PATH",
+        envvar=TLS_CERT_ENV,
+        show_envvar=True,
+        help="Client certificate (PEM), when Redis asks for one.",
+    ),
+]
+TlsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-key",
+        metavar="PATH",
+        envvar=TLS_KEY_ENV,
+        show_envvar=True,
+        help="The client certificate's private key (PEM).",
+    ),
+]
 
 
 @app.command()
@@ -232,10 +288,13 @@ def status(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """State, failures in window, generation, time until reset and last failure."""
     url, prefix = _url(redis_url), _prefix(prefix)
-    client = connect_checked(url, cluster)
+    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     if name is not None:
         statuses = [_existing(client, prefix, _name(name), url).status()]
         problems = [p for p in (problem_of(statuses[0], prefix),) if p is not None]
@@ -302,11 +361,14 @@ def watch(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Live transitions from the events channel, one line each, until Ctrl-C."""
     url, prefix = _url(redis_url), _prefix(prefix)
     only = _name(name) if name is not None else None
-    client = connect_checked(url, cluster)
+    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     channel = events_channel(prefix)
     watcher = Watcher(client, channel, only, as_json)
     try:
@@ -343,10 +405,13 @@ def open_breaker(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Open a breaker for the whole fleet: until reset, or --for some seconds."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url, cluster)
+    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     breaker = breaker_for(client, prefix, name)
     if seconds is None:
         breaker.force_open(actor=operator(), reason=reason)
@@ -379,10 +444,13 @@ def close_breaker(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Force a breaker closed for the whole fleet: calls always pass, failures still count."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url, cluster)
+    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     breaker = _existing(client, prefix, name, url)
     breaker.force_closed(actor=operator(), reason=reason)
     after = breaker.status()
@@ -400,10 +468,13 @@ def reset(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Back to closed with an empty failure window, releasing any manual state."""
     url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url, cluster)
+    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     breaker = _existing(client, prefix, name, url)
     breaker.reset(actor=operator(), reason=reason)
     after = breaker.status()
@@ -437,6 +508,9 @@ def history(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Transitions and commands, one line each, and per breaker a summary of the period:
     episodes, time open, mean time to recovery, failed probes (on a terminal, a strip)."""
@@ -448,7 +522,7 @@ def history(
         raise CliError(str(error), 2) from None
     if not 1 <= limit <= HISTORY_LIMIT:
         raise CliError(f"--limit {limit}: use 1 to {HISTORY_LIMIT}", 2)
-    client = connect_checked(url, cluster)
+    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     if only is not None:
         breakers = [_existing(client, prefix, only, url)]
     else:
@@ -483,6 +557,9 @@ def dashboard(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """A live web page of every breaker; controls with --token-file (the dashboard extra)."""
     try:
@@ -492,8 +569,10 @@ def dashboard(
         raise CliError(
             f"the dashboard needs {missing}: pip install 'distbreaker[dashboard]'"
         ) from None
+    url = _url(redis_url)
+    tls = tls_files(url, tls_ca_cert, tls_cert, tls_key)
     try:
-        serve(_url(redis_url), host, port, token_file, _prefix(prefix), cluster)
+        serve(url, host, port, token_file, _prefix(prefix), cluster, tls)
     except DashboardError as error:
         raise CliError(error.message, error.code) from None
 
@@ -535,10 +614,13 @@ def diagnose(
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     prefix: Prefix = DEFAULT_PREFIX,
     cluster: Cluster = False,
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Redis reachability and version, script load, every breaker's health, GitHub, Docker."""
     url, prefix = _url(redis_url), _prefix(prefix)
-    client, health = _diagnose_client(url, cluster)
+    client, health = _diagnose_client(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
     report: dict[str, Any] = {}
     rows: list[list[str]] = []
     styles: list[list[str | None]] = []
@@ -575,10 +657,10 @@ def diagnose(
         raise CliError(f"Redis at {health.url} is not usable for breakers")
 
 
-def _diagnose_client(url: str, cluster: bool) -> tuple[Any, RedisHealth]:
+def _diagnose_client(url: str, cluster: bool, tls: TlsFiles) -> tuple[Any, RedisHealth]:
     """The client and its health; a cluster that cannot be joined is reported, not raised."""
     try:
-        client = open_tool_client(url, cluster)
+        client = open_tool_client(url, cluster, tls)
     except TOOL_ERRORS as error:
         error_text = f"{type(error).__name__}: {error}"
         return None, RedisHealth(url=redact_url(url), reachable=False, error=error_text)
@@ -595,11 +677,18 @@ def _diagnose_store(
     try:
         shas = load_scripts(client)
     except TOOL_ERRORS as error:
-        add(["scripts", "failed", f"SCRIPT LOAD: {error}"], [None, "bold red", None])
-        report["scripts"] = {"error": str(error)}
-        return False
-    report["scripts"] = shas
-    add(["scripts", "ok", f"{', '.join(shas)} loaded with SCRIPT LOAD"], [None, "green", None])
+        if not is_denied(error):
+            add(["scripts", "failed", f"SCRIPT LOAD: {error}"], [None, "bold red", None])
+            report["scripts"] = {"error": str(error)}
+            return False
+        # a read-only (observer) user: status and watch need no SCRIPT LOAD
+        detail = f"SCRIPT LOAD not permitted for this Redis user ({error}); workers need it"
+        add(["scripts", "skipped", detail], [None, "dim", None])
+        report["scripts"] = {"denied": str(error)}
+    else:
+        report["scripts"] = shas
+        loaded = f"{', '.join(shas)} loaded with SCRIPT LOAD"
+        add(["scripts", "ok", loaded], [None, "green", None])
     try:
         listing = list_breakers(client, prefix)
     except _READ_ERRORS as error:
@@ -708,10 +797,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         error_line(error.message)
         return error.code
+    except PermissionDeniedError as error:
+        error_line(str(error))
+        return 1
     except StoreUnavailableError as error:
         error_line(f"Redis failed during the command: {error}")
         return 1
     except TOOL_ERRORS as error:
+        if is_denied(error):
+            error_line(f"Redis refused a command: this Redis user lacks a permission ({error})")
+            return 1
         error_line(f"Redis failed during the command: {type(error).__name__}: {error}")
         return 1
     except Exception as error:  # the promise: one line, never a traceback

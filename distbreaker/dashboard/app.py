@@ -50,6 +50,7 @@ from distbreaker.dashboard import render
 from distbreaker.dashboard.feed import EventFeed
 from distbreaker.dashboard.timeline import HOUR_MS, Timelines, history_of
 from distbreaker.diagnostics import breaker_exists
+from distbreaker.errors import PermissionDeniedError
 from distbreaker.fleet import READ_ERRORS, Fleet, FleetListing
 from distbreaker.metrics import FleetCollector
 from distbreaker.store import events_channel
@@ -530,6 +531,8 @@ def _apply(fleet: Fleet, control: Control) -> dict[str, Any]:
         breaker = fleet.breaker(control.name)
         run_control(breaker, control)
         after = breaker.status()
+    except PermissionDeniedError as error:  # an observer's Redis user: no controls
+        raise ControlError(403, str(error)) from None
     except READ_ERRORS as error:
         raise ControlError(503, f"Redis failed: {type(error).__name__}: {error}") from None
     why = f" ({control.reason})" if control.reason else ""

@@ -22,12 +22,15 @@ from pydantic import ValidationError
 from distbreaker.config import BreakerConfig
 from distbreaker.dashboard.app import LOOPBACK_NAMES, create_app
 from distbreaker.diagnostics import (
+    NO_TLS,
     TOOL_ERRORS,
+    TlsFiles,
     measure_latency,
     open_client,
     open_cluster_client,
     redact_url,
 )
+from distbreaker.store import is_denied
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
@@ -141,15 +144,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def connect(redis_url: str, cluster: bool) -> Any:
+def connect(redis_url: str, cluster: bool, tls: TlsFiles = NO_TLS) -> Any:
     """A Redis client that answered a PING, or ``DashboardError``."""
     shown = redact_url(redis_url)
     try:
-        client = open_cluster_client(redis_url) if cluster else open_client(redis_url)
+        if cluster:
+            client = open_cluster_client(redis_url, tls=tls)
+        else:
+            client = open_client(redis_url, tls=tls)
         measure_latency(client)
     except ValueError as error:
         raise DashboardError(f"bad Redis URL {shown!r}: {error}", 2) from None
     except TOOL_ERRORS as error:
+        if is_denied(error):
+            raise DashboardError(f"Redis at {shown} refused PING: {error}") from None
         what = "a Redis Cluster" if cluster else "Redis"
         raise DashboardError(f"cannot reach {what} at {shown}: {error}") from None
     return client
@@ -171,11 +179,14 @@ def serve(
     token_file: Path | str | None = None,
     prefix: str = "distbreaker",
     cluster: bool = False,
+    tls: TlsFiles = NO_TLS,
 ) -> None:
-    """Run the dashboard until interrupted (Ctrl-C or SIGTERM)."""
+    """Run the dashboard until interrupted (Ctrl-C or SIGTERM). ``tls``: certificate files
+    for a ``rediss://`` URL. A read-only (observer) Redis user serves the view; the
+    controls need an operator user."""
     path = None if token_file is None else Path(token_file)
     settings = check_settings(host, port, path, prefix)
-    client = connect(redis_url, cluster)
+    client = connect(redis_url, cluster, tls)
     sock = listen(settings.host, settings.port)
     allowed = LOOPBACK_NAMES | {host.strip("[]")} if settings.loopback else None
     app = create_app(client, prefix, settings.token, allowed_hosts=allowed)
