@@ -595,11 +595,15 @@ class CallProtocol:
 
     def upkeep_denied(self, error: PermissionDeniedError, plan: Upkeep) -> None:
         """Like ``upkeep_failed``, but Redis answered: nothing is backed off. Counts wait
-        for the next report (only a window's worth is kept); probe outcomes are dropped,
-        as retrying them cannot succeed (their leases expire after ``probe_timeout``)."""
+        for the next report (only a window's worth is kept); probe outcomes are tried again
+        at the next upkeep until their leases would have expired (a refusal may be lifted:
+        an operator loads the scripts, fixes the ACL)."""
         self.denied(error, "call counts stay in this process")
+        now = self.clock.monotonic()
         if plan.batch is not None:
-            self.local.counts.give_back(plan.batch[0], plan.would_refuse, self.clock.monotonic())
+            self.local.counts.give_back(plan.batch[0], plan.would_refuse, now)
+        for call_id, generation, outcome in plan.records:
+            self.local.pending.add(call_id, generation, outcome, now + self.config.probe_timeout)
 
     # -- the store's health ----------------------------------------------------------
 

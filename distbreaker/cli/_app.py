@@ -437,6 +437,25 @@ def open_breaker(
     )
 
 
+def _steer(
+    command: str,
+    name: str,
+    reason: str,
+    redis_url: str,
+    prefix: str,
+    cluster: bool,
+    tls: tuple[str | None, str | None, str | None],
+) -> tuple[str, str, BreakerStatus]:
+    """Apply ``force_closed`` or ``reset`` to an existing breaker, as ``user@host``; its
+    checked name and prefix and its status afterwards."""
+    url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
+    client = connect_checked(url, cluster, tls_files(url, *tls))
+    breaker = _existing(client, prefix, name, url)
+    control = breaker.force_closed if command == "force_closed" else breaker.reset
+    control(actor=operator(), reason=reason)
+    return name, prefix, breaker.status()
+
+
 @app.command("close")
 def close_breaker(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker to force closed.")],
@@ -449,11 +468,8 @@ def close_breaker(
     tls_key: TlsKey = None,
 ) -> None:
     """Force a breaker closed for the whole fleet: calls always pass, failures still count."""
-    url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
-    breaker = _existing(client, prefix, name, url)
-    breaker.force_closed(actor=operator(), reason=reason)
-    after = breaker.status()
+    tls = (tls_ca_cert, tls_cert, tls_key)
+    name, prefix, after = _steer("force_closed", name, reason, redis_url, prefix, cluster, tls)
     Output().line(
         f"breaker {name!r} is {after.state} (generation {after.generation}): calls always pass "
         f"(failures still counted) until `distbreaker reset {name}{_hint(prefix)}`",
@@ -473,11 +489,8 @@ def reset(
     tls_key: TlsKey = None,
 ) -> None:
     """Back to closed with an empty failure window, releasing any manual state."""
-    url, prefix, name = _url(redis_url), _prefix(prefix), _name(name)
-    client = connect_checked(url, cluster, tls_files(url, tls_ca_cert, tls_cert, tls_key))
-    breaker = _existing(client, prefix, name, url)
-    breaker.reset(actor=operator(), reason=reason)
-    after = breaker.status()
+    tls = (tls_ca_cert, tls_cert, tls_key)
+    name, prefix, after = _steer("reset", name, reason, redis_url, prefix, cluster, tls)
     Output().line(
         f"breaker {name!r} is {after.state} (generation {after.generation}): "
         "failure window cleared",
