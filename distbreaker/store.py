@@ -198,6 +198,9 @@ def parse_snapshot(reply: Sequence[Any]) -> Snapshot:
     return Snapshot(**dict(zip(names, values, strict=True)))
 
 
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: what datetime can show
+
+
 def parse_history_entry(entry_id: Any, fields: dict[Any, Any]) -> HistoryEntry | None:
     """One stream entry, or ``None`` (logged once at debug level) when it is not ours."""
     data = {_text(k): v for k, v in fields.items()}
@@ -210,8 +213,11 @@ def parse_history_entry(entry_id: Any, fields: dict[Any, Any]) -> HistoryEntry |
         states = (_text(data["from"]), _text(data["to"]))
         if states[0] not in STATES or states[1] not in STATES:
             raise ValueError("unknown state")
+        at_ms = int(_text(data["at"]))
+        if not 0 <= at_ms <= _LAST_MS:
+            raise ValueError("a time beyond year 9999")
         return HistoryEntry(
-            at_ms=int(_text(data["at"])),
+            at_ms=at_ms,
             event=printable(data["event"], 20),
             from_state=states[0],
             to_state=states[1],

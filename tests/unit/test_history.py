@@ -261,3 +261,17 @@ def test_dashboard_controls_record_their_actor_and_reason(client: Any, prefix: s
         ("transition", "forced_open", "closed", "reset", "dashboard@testclient", "fixed"),
         ("transition", "closed", "open", "hold_open: deploy", "dashboard@testclient", "deploy"),
     ]
+
+
+def test_a_history_entry_from_beyond_year_9999_is_skipped() -> None:
+    from distbreaker.store import parse_history_entry
+
+    fields = {
+        "at": str(10**17),
+        "event": "transition",
+        "from": "closed",
+        "to": "open",
+        "generation": "1",
+    }
+    assert parse_history_entry("1-0", fields) is None
+    assert parse_history_entry("1-0", {**fields, "at": "1790000000000"}) is not None
