@@ -128,14 +128,17 @@ class Breaker(_Shell):
         return type(self)(self.name, self.redis, self.config, clock, classifier=classifier)
 
     def _process(self) -> CallProtocol:
-        """The protocol, renewed (with a new store) in a forked child."""
+        """The protocol, set up once per process (renewed, with a new store, after a fork)."""
         protocol = self._protocol
+        local = protocol.local
+        if local.set_up and not local.forked():
+            return protocol
         if protocol.renew():
             self._store = SyncStore(self.redis, self.name, self.config, protocol.reporter)
-        if protocol.wants_subscription():
+        protocol.local.set_up = True
+        if protocol.subscribes:
             subscribe(self.redis, self._channel, self.name, protocol.feed)
-        if protocol.wants_upkeep():
-            upkeep.register(self)
+        upkeep.register(self)
         return protocol
 
     # -- the call path --------------------------------------------------------------
@@ -403,14 +406,17 @@ class AsyncBreaker(_Shell):
         return type(self)(self.name, self.redis, self.config, clock, classifier=classifier)
 
     def _process(self) -> CallProtocol:
-        """The protocol, renewed (with a new store) in a forked child."""
+        """The protocol, set up once per process (renewed, with a new store, after a fork)."""
         protocol = self._protocol
+        local = protocol.local
+        if local.set_up and not local.forked():
+            return protocol
         if protocol.renew():
             self._store = AsyncStore(self.redis, self.name, self.config, protocol.reporter)
-        if protocol.wants_subscription():
+        protocol.local.set_up = True
+        if protocol.subscribes:
             subscribe_async(self.redis, self._channel, self.name, protocol.feed)
-        if protocol.wants_upkeep():
-            upkeep.register_async(self)
+        upkeep.register_async(self)
         return protocol
 
     async def execute(

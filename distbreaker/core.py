@@ -37,11 +37,6 @@ def is_forced(state: str) -> bool:
     return state == "forced_open" or state == "forced_closed"
 
 
-def refuses_all(state: str) -> bool:
-    """Open or forced open: every call is refused until something changes."""
-    return state == "open" or state == "forced_open"
-
-
 def failures_cap(config: BreakerConfig) -> int:
     """How many failures the window keeps at most (oldest dropped first)."""
     return max(config.failure_threshold, 1000)
@@ -588,8 +583,3 @@ def parse_batch(batch: str) -> list[tuple[int, int, int]]:
         if len(fields) == 3 and all(f.isdigit() for f in fields):
             parts.append((int(fields[0]), int(fields[1]), int(fields[2])))
     return parts
-
-
-def format_batch(counts: list[tuple[int, int, int]]) -> str:
-    """The inverse of :func:`parse_batch`."""
-    return ";".join(f"{age}:{calls}:{retries}" for age, calls, retries in counts)

@@ -340,10 +340,6 @@ class LocalTrip:
             self.probing = True
             return True, True, 0.0
 
-    def probe_done(self) -> None:
-        with self._lock:
-            self.probing = False
-
 
 class PendingRecords:
     """Probe outcomes Redis did not take: retried by the background upkeep once it answers,
@@ -393,8 +389,7 @@ class ProcessState(Generic[T]):
         self.counts = Counts(config.window)
         self.local_trip = LocalTrip(config)
         self.pending = PendingRecords()
-        self.subscribed = False
-        self.upkeep_started = False
+        self.set_up = False  # subscribed and registered with the upkeep, once per process
         self.conflict_warned = False
 
     def forked(self) -> bool:

@@ -59,7 +59,7 @@ class Ticket:
     """An admitted call: where it was admitted and in which generation.
 
     ``local_probe``: the one call a locally open process lets through to learn whether it
-    has recovered. ``dry_refusal``: a call a dry-run breaker would have refused.
+    has recovered.
     """
 
     call_id: str | None  # None until an outcome must be recorded (cached closed admissions)
@@ -68,7 +68,6 @@ class Ticket:
     shared: bool
     state: str
     local_probe: bool = False
-    dry_refusal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,20 +162,29 @@ class CallProtocol:
             refusing = cache.refusing(now)
             if refusing is not None:
                 return self._refuse(CircuitOpenError(self.name, *refusing), cache.generation)
-        if local.local_trip.active and guard.ok:
-            now = self.clock.monotonic()
-            if self._cached and local.cache.fresh(now):
-                refusing = local.cache.refusing(now)
-                if refusing is None:
-                    return self._local_admission()
-                self._fleet_governs()
-                return self._refuse(CircuitOpenError(self.name, *refusing), local.cache.generation)
-            # strict, or a stale copy: the script says whether the fleet opened meanwhile
-        elif local.local_trip.active:
-            return self._local_admission()
+        if local.local_trip.active:
+            decided = self._while_locally_open()
+            if decided is not None:
+                return decided
         if not guard.allow(self.clock.monotonic()):
             return self._degraded_admission("backing off after a store error")
         return Ask(local.next_call_id(), self.clock.monotonic())
+
+    def _while_locally_open(self) -> Ticket | CircuitOpenError | None:
+        """Locally open: the local open decides, unless only the script knows whether the
+        fleet opened meanwhile (strict mode, a stale copy): then ``None``, and
+        ``admitted`` decides with the script's answer."""
+        local = self.local
+        if not local.guard.ok:
+            return self._local_admission()
+        now = self.clock.monotonic()
+        if not (self._cached and local.cache.fresh(now)):
+            return None
+        refusing = local.cache.refusing(now)
+        if refusing is None:
+            return self._local_admission()
+        self._fleet_governs()
+        return self._refuse(CircuitOpenError(self.name, *refusing), local.cache.generation)
 
     def admitted(self, admission: Admission, asked: Ask) -> Ticket | CircuitOpenError:
         """The admit script's answer."""
@@ -231,7 +239,7 @@ class CallProtocol:
             return refusal
         self.local.counts.add_would_refuse()
         self.report(None, "would_refuse", None, refusal.state)
-        return Ticket(call_id, generation, False, shared, refusal.state, dry_refusal=True)
+        return Ticket(call_id, generation, False, shared, refusal.state)
 
     def _degraded_admission(self, cause: str) -> Ticket | CircuitOpenError:
         mode = self.config.on_store_error
@@ -647,19 +655,10 @@ class CallProtocol:
             self.config.as_json(),
         )
 
-    def wants_subscription(self) -> bool:
-        """True once per process state in cached mode: the twin subscribes then."""
-        if not (self._cached or self._quorum) or self.local.subscribed:
-            return False
-        self.local.subscribed = True
-        return True
-
-    def wants_upkeep(self) -> bool:
-        """True once per process state: the twin registers with the background upkeep."""
-        if self.local.upkeep_started:
-            return False
-        self.local.upkeep_started = True
-        return True
+    @property
+    def subscribes(self) -> bool:
+        """Whether this breaker listens to the events channel (cached mode, or a quorum)."""
+        return self._cached or self._quorum
 
     def _shadow_event(self, event: Event) -> None:
         logger.warning(

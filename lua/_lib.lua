@@ -304,12 +304,6 @@ local function repair(s)
   if s.open_until > NOW + MAX_AHEAD then s.open_until = NOW + RESET end
   s.probe_successes = s.probe_successes or 0
   s.streak = s.streak or 0
-  for _, name in ipairs(COUNTERS) do
-    if s.counters[name] == nil then
-      s.counters[name] = 0
-      redis.call('HSET', K_STATE, name, 0)
-    end
-  end
   redis.call('HSET', K_STATE, 'state', s.state, 'generation', s.generation,
     'opened_at', s.opened_at, 'open_until', s.open_until,
     'probe_successes', s.probe_successes, 'open_streak', s.streak,

@@ -30,16 +30,6 @@ end
 redis.call('HSET', K_CONTROL, 'command', COMMAND, 'actor', ACTOR, 'reason', REASON, 'at', NOW)
 redis.call('PEXPIRE', K_CONTROL, FORCED_TTL)
 
-if COMMAND == 'reset' then
-  -- reset repairs whatever it finds, even a key of the wrong type (written by hand)
-  local expected = { [K_STATE] = 'hash', [K_FAILURES] = 'zset', [K_PROBES] = 'zset',
-    [K_HISTORY] = 'stream', [K_CALLS] = 'hash', [K_REPORTERS] = 'zset' }
-  for key, kind in pairs(expected) do
-    local found = redis.call('TYPE', key)
-    found = type(found) == 'table' and found.ok or found
-    if found ~= 'none' and found ~= kind then redis.call('DEL', key) end
-  end
-end
 local s = load_state()
 local changed = 0
 

@@ -111,3 +111,14 @@ def wait_for_subscribers(client: Any, channel: str, count: int, timeout: float =
             return
         time.sleep(0.01)
     raise AssertionError(f"{count} subscribers on {channel} expected within {timeout}s")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> float:
+    """Poll ``condition`` every 10 ms until it is true; the seconds that took. Fails the test
+    after ``timeout``: integration tests wait on conditions, never on time."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.01)
+    return time.monotonic() - started

@@ -37,12 +37,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from distbreaker.breaker import Breaker
 from distbreaker.config import BreakerConfig
+from distbreaker.diagnostics import redact_url
 from distbreaker.store import STORE_ERRORS, connect
 from distbreaker.testing.containers import container_url, docker_unavailable, start_redis_container
 from distbreaker.testing.servers import RedisServer, find_redis_server
@@ -72,7 +72,7 @@ def choose_redis() -> RedisChoice:
     """The first usable source of the plugin's order (nothing is started here)."""
     url = os.environ.get(REDIS_URL_ENV)
     if url:
-        return RedisChoice("env", f"{redact(url)} (from ${REDIS_URL_ENV})")
+        return RedisChoice("env", f"{redact_url(url)} (from ${REDIS_URL_ENV})")
     reason = docker_unavailable()
     if reason is None:
         return RedisChoice("container", "a Redis container (a Docker engine answers), on first use")
@@ -86,15 +86,6 @@ def choose_redis() -> RedisChoice:
     )
 
 
-def redact(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 def check_answers(url: str, source: str, timeout: float = ANSWER_TIMEOUT) -> str:
     """``url`` once its Redis answers a PING; else fail the test in one line naming it."""
     try:
@@ -105,7 +96,7 @@ def check_answers(url: str, source: str, timeout: float = ANSWER_TIMEOUT) -> str
         problem = _unanswered(client, time.monotonic() + timeout)
     if problem is None:
         return url
-    pytest.fail(f"distbreaker: {redact(url)} ({source}) {problem}", pytrace=False)
+    pytest.fail(f"distbreaker: {redact_url(url)} ({source}) {problem}", pytrace=False)
 
 
 def _unanswered(client: Any, deadline: float) -> str | None:
@@ -237,7 +228,7 @@ def breaker_factory(redis_url: str) -> Iterator[Callable[..., Breaker]]:
                 client.delete(*keys)
     except STORE_ERRORS as error:
         warnings.warn(
-            f"distbreaker: could not delete the test's breaker keys at {redact(redis_url)} "
+            f"distbreaker: could not delete the test's breaker keys at {redact_url(redis_url)} "
             f"({type(error).__name__}: {error})",
             stacklevel=1,
         )

@@ -14,6 +14,7 @@ import pytest
 
 from distbreaker import Breaker, BreakerConfig, connect
 from distbreaker.testing import RedisServer, free_port
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +46,6 @@ def distbreaker(
         env=quiet_env(),
         check=False,
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        time.sleep(0.02)
 
 
 def fail(breaker: Breaker, times: int) -> None:

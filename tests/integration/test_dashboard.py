@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 import distbreaker
 from distbreaker import Breaker, BreakerConfig
 from distbreaker.testing import free_port
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +62,6 @@ def trip_elsewhere(
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class DashboardProcess:
@@ -244,7 +236,7 @@ def test_the_json_listing_is_what_status_json_prints(
         check=True,
     )
     expected = json.loads(printed.stdout)
-    wait_for(
+    wait_until(
         lambda: len(httpx.get(f"{dashboard.url}/api/breakers", timeout=5).json()) == 2,
         20,
         "both breakers in the JSON listing",
@@ -284,7 +276,7 @@ def test_controls_without_the_token_are_refused_and_change_nothing(
     accepted = httpx.post(url, content=b"{}", headers={**json_type, TOKEN_HEADER: TOKEN}, timeout=5)
     assert accepted.status_code == 200
     assert target.status().state == "closed"
-    wait_for(
+    wait_until(
         lambda: "reset 'payments' by dashboard@127.0.0.1" in dashboard.output(),
         10,
         "the control in the dashboard's log",
@@ -304,7 +296,7 @@ def test_hostile_messages_on_the_channel_are_ignored_or_escaped(
     client.publish(f"{prefix}:events", b"\xff not json")
     client.publish(f"{prefix}:events", json.dumps({**event, "reason": hostile}))
     escaped = "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;"
-    wait_for(
+    wait_until(
         lambda: escaped in httpx.get(dashboard.url, timeout=5).text,
         20,
         "the escaped reason on the page",

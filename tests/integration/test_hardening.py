@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from distbreaker import Breaker, BreakerConfig, CircuitOpenError
 from distbreaker.diagnostics import load_scripts
 from distbreaker.store import breaker_keys, events_channel
 from distbreaker.testing import RedisServer, find_redis_server
-from tests.conftest import wait_for_subscribers
+from tests.conftest import wait_for_subscribers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +41,6 @@ DAY_MS = 86_400_000
 def now_ms(client: Any) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until true (seconds it took), or fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def ok() -> str:

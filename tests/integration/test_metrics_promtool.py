@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from distbreaker import Breaker, BreakerConfig, CircuitOpenError
 from distbreaker.metrics import BreakerMetrics, disable_metrics, enable_metrics
 from distbreaker.store import connect
+from tests.conftest import wait_until
 from tests.integration.test_dashboard import (
     DashboardProcess,
     trip_elsewhere,
-    wait_for,
     write_token,
 )
 from tests.integration.test_dashboard import prefix as prefix  # its keys are deleted after
@@ -90,7 +90,7 @@ def test_the_dashboard_scrape_passes_promtool(
     server = DashboardProcess(redis_url, prefix, write_token(tmp_path))
     try:
         server.wait_ready()
-        wait_for(
+        wait_until(
             lambda: 'breaker="payments"' in httpx.get(f"{server.url}/metrics", timeout=5).text,
             20,
             "the breaker in the scrape",

@@ -12,6 +12,7 @@ import pytest
 
 import distbreaker
 from distbreaker import Breaker, BreakerConfig
+from tests.conftest import wait_until
 from tests.integration import workers
 
 pytestmark = pytest.mark.integration
@@ -53,13 +54,6 @@ def drain_events(client: Any, pubsub: Any, channel: str) -> list[dict[str, Any]]
                 return events
             events.append(json.loads(message["data"]))
     raise AssertionError("the marker did not come back")
-
-
-def wait_until(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("consistency", ["strict", "cached"])
